@@ -1,0 +1,163 @@
+"""An opened pipeline: its spec from the project file joined with its state databases."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from connector_core.project import (
+    SECRET_KEYS,
+    ConnectorSpec,
+    EnvSecret,
+    PipelineSpec,
+    Project,
+    connector_labels,
+)
+from connector_core.state import ConnectorState, PipelineState, StateStore
+
+MASK = "********"
+
+
+def mask_secrets(value: Any, key: str = "") -> Any:
+    """A copy of a config with secret values replaced by ``********`` (``{env: NAME}`` stays a name)."""
+    if isinstance(value, EnvSecret):
+        return str(value)
+    if isinstance(value, dict):
+        if set(value) == {"env"}:
+            return f"{{env: {value['env']}}}"
+        return {k: mask_secrets(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_secrets(v, key) for v in value]
+    if key.lower() in SECRET_KEYS or any(word in key.lower() for word in ("password", "secret", "token")):
+        return MASK
+    return value
+
+
+@dataclass
+class ConnectorHandle:
+    """One connector of an opened pipeline: spec, id and state database."""
+
+    table: str
+    spec: ConnectorSpec
+    connector_id: str
+    state: ConnectorState
+
+    @property
+    def endpoint(self) -> str:
+        """``table.connector``, the connector's address inside its pipeline."""
+        return f"{self.table}.{self.spec.name}"
+
+    @property
+    def labels(self) -> list[str]:
+        """Its own labels plus the implicit ``table.connector``."""
+        return connector_labels(self.table, self.spec)
+
+
+class Pipeline:
+    """A pipeline of a project with its state: created on first open, ids kept afterwards."""
+
+    def __init__(self, project: Project, name: str, state_dir: str | os.PathLike[str] | None = None):
+        self.project = project
+        self.name = name
+        self.spec: PipelineSpec = project.pipeline(name)
+        self.store = StateStore(project.resolve_state_dir(state_dir))
+        self.state: PipelineState = self.store.pipeline(name)
+        self.state.initialize([(p.id, p.title, p.url) for p in self.spec.prerequisites])
+        self._connectors: dict[tuple[str, str], ConnectorHandle] = {}
+        for table, spec in self.spec.iter_connectors():
+            connector_id = self.state.connector_id(table, spec.name)
+            state = self.store.connector(name, connector_id)
+            state.initialize(
+                connector_id=connector_id,
+                pipeline_id=self.pipeline_id,
+                name=f"{table}.{spec.name}",
+                transport=spec.transport.name,
+                metadata={"pipeline": name, "table": table, "org_slug": self.spec.org_slug},
+                tags=connector_labels(table, spec),
+                starts_paused=spec.starts_paused,
+            )
+            self._connectors[(table, spec.name)] = ConnectorHandle(table, spec, connector_id, state)
+
+    @property
+    def pipeline_id(self) -> str:
+        """The pipeline (hub) id."""
+        return self.state.pipeline_id
+
+    @property
+    def base_dir(self) -> Path:
+        """The project file's folder."""
+        return self.project.base_dir
+
+    def connectors(self, table: str | None = None) -> list[ConnectorHandle]:
+        """Every connector (of one table), in file order."""
+        return [h for h in self._connectors.values() if table is None or h.table == table]
+
+    def connector(self, table: str, name: str) -> ConnectorHandle:
+        """The connector ``table.name``; a :class:`LookupError` names what exists otherwise."""
+        self.spec.connector(table, name)
+        return self._connectors[(table, name)]
+
+    def is_started(self) -> bool:
+        """Whether the pipeline's status lets connectors ingest."""
+        return self.state.status == "STARTED"
+
+    def is_active(self, handle: ConnectorHandle) -> bool:
+        """A connector ingests only when its pipeline is STARTED and it is Running."""
+        return self.is_started() and handle.state.running
+
+    def sink_settings(self) -> dict[str, Any]:
+        """The sink of the project file overlaid with what the wizard or ``update-warehouse`` stored."""
+        settings = self.spec.sink.model_dump(by_alias=True)
+        stored = self.state.config()
+        settings.update(stored.get("sink", {}))
+        return settings
+
+    def connection_settings(self, name: str) -> dict[str, Any]:
+        """A connection of the project file overlaid with values stored by ``update-connection``."""
+        if name not in self.spec.connections:
+            raise LookupError(f"no connection {name!r}; connections: {', '.join(self.spec.connections) or 'none'}")
+        settings = self.spec.connections[name].model_dump(by_alias=True, exclude_none=True)
+        overrides = self.state.config().get(f"connection.{name}", {})
+        if settings.get("kind") == "kafka":
+            settings["config"] = {**settings["config"], **overrides}
+        else:
+            settings.update(overrides)
+        return settings
+
+    def stats(self, handle: ConnectorHandle) -> dict[str, Any]:
+        """The stats JSON of a connector (DESIGN §4), secrets masked."""
+        metrics = handle.state.metrics()
+        return {
+            "endpoint_name": handle.endpoint,
+            "connector_id": handle.connector_id,
+            "config": mask_secrets(handle.spec.model_dump(mode="json", exclude_none=True)),
+            "paused": not handle.state.running,
+            "active": self.is_active(handle),
+            "metrics": metrics.as_dict(),
+            "parse_errors": handle.state.parse_errors(),
+            "fatal_error": metrics.fatal_error,
+        }
+
+    def hourly_stats(self) -> list[dict[str, Any]]:
+        """Hourly records, bytes and errors of every connector, and their sum per hour under ``"*"``."""
+        rows: list[dict[str, Any]] = []
+        totals: dict[str, dict[str, Any]] = {}
+        for handle in self.connectors():
+            for row in handle.state.hourly_stats():
+                rows.append({"connector": handle.endpoint, **row})
+                total = totals.setdefault(
+                    row["hour"],
+                    {"connector": "*", "hour": row["hour"], "records": 0, "bytes": 0, "parse_errors": 0,
+                     "transport_errors": 0},
+                )
+                for key in ("records", "bytes", "parse_errors", "transport_errors"):
+                    total[key] += row[key]
+        return sorted(rows + list(totals.values()), key=lambda r: (r["hour"], r["connector"]))
+
+    def close(self) -> None:
+        """Close every database."""
+        for handle in self._connectors.values():
+            handle.state.close()
+        self.state.close()

@@ -1,0 +1,561 @@
+"""The project file (``connectors.yaml``): typed models, loading, and errors that name the bad key.
+
+Every model forbids unknown keys. :func:`load_project` turns any problem into one
+:class:`ProjectFileError` whose message names the file, the key path (for example
+``pipelines.example.tables.price.connectors[1].start_after``), the line where known, and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from connector_core.transports.configs import TRANSPORT_CONFIG_MODELS, TransportName
+
+NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
+PROJECT_FILE_ENV = "CONNECTORS_PROJECT_FILE"
+DEFAULT_PROJECT_FILE = "connectors.yaml"
+PROCEDURES = (
+    "prerequisites",
+    "configure",
+    "connect",
+    "finalize",
+    "reset",
+    "pause",
+    "resume",
+    "update_connection",
+    "update_warehouse",
+)
+
+
+class Strict(BaseModel):
+    """Base for every project-file model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class EnvSecret(Strict):
+    """A secret written as ``{env: NAME}``: only the variable's name is ever stored or printed."""
+
+    env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable holding the value.")
+
+    def resolve(self) -> str:
+        """Read the value from the environment at run time."""
+        try:
+            return os.environ[self.env]
+        except KeyError:
+            raise SecretNotSetError(f"environment variable {self.env} is not set") from None
+
+    def __str__(self) -> str:
+        return f"{{env: {self.env}}}"
+
+
+class SecretNotSetError(RuntimeError):
+    """A ``{env: NAME}`` secret whose variable is not set."""
+
+
+Scalar = str | int | float | bool
+ConfigValue = EnvSecret | Scalar
+
+
+def resolve_value(value: ConfigValue | None) -> Any:
+    """Return a plain value, reading ``{env: NAME}`` secrets from the environment."""
+    return value.resolve() if isinstance(value, EnvSecret) else value
+
+
+# ----------------------------------------------------------------------------------------------- connections
+class KafkaConnection(Strict):
+    """A Kafka cluster: librdkafka settings (``bootstrap.servers``, ``sasl.*`` ...)."""
+
+    kind: Literal["kafka"]
+    config: dict[str, ConfigValue] = Field(description="librdkafka configuration; secrets as {env: NAME}.")
+
+    @field_validator("config")
+    @classmethod
+    def _needs_bootstrap(cls, config: dict[str, ConfigValue]) -> dict[str, ConfigValue]:
+        if "bootstrap.servers" not in config:
+            raise ValueError("config needs 'bootstrap.servers'")
+        return config
+
+
+class PostgresConnection(Strict):
+    """A PostgreSQL database, reached through a libpq DSN (usually ``{env: PG_DSN}``)."""
+
+    kind: Literal["postgres"]
+    dsn: ConfigValue = Field(description="libpq connection string or URL; a secret, so usually {env: NAME}.")
+
+
+class S3Connection(Strict):
+    """S3 or an S3-compatible server. Credentials come from the usual AWS chain unless given as secrets."""
+
+    kind: Literal["s3"]
+    endpoint_url: str | None = None
+    region_name: str | None = None
+    aws_access_key_id: ConfigValue | None = None
+    aws_secret_access_key: EnvSecret | None = None
+
+
+class SnowflakeConnection(Strict):
+    """A Snowflake account (or any server speaking its protocol, through host/port/protocol)."""
+
+    kind: Literal["snowflake"]
+    account: str
+    user: str
+    password: EnvSecret | None = None
+    role: str | None = None
+    host: str | None = None
+    port: int | None = None
+    protocol: Literal["http", "https"] | None = None
+
+
+Connection = Annotated[
+    KafkaConnection | PostgresConnection | S3Connection | SnowflakeConnection, Field(discriminator="kind")
+]
+
+#: Keys of each connection kind that hold secrets; they can only be given as ``{env: NAME}``.
+SECRET_KEYS = {"password", "dsn", "aws_secret_access_key", "sasl.password", "ssl.key.password", "token"}
+
+
+# ----------------------------------------------------------------------------------------------------- sinks
+class DuckDBSink(Strict):
+    """The embedded sink: one DuckDB file (relative paths are relative to the project file)."""
+
+    kind: Literal["duckdb"]
+    path: str = "warehouse.duckdb"
+    schema_: str = Field(default="main", alias="schema")
+
+
+class SnowflakeSink(Strict):
+    """The production sink: tables in one Snowflake database and schema, loaded through a warehouse."""
+
+    kind: Literal["snowflake"]
+    connection: str
+    database: str
+    schema_: str = Field(alias="schema")
+    warehouse: str | None = None
+
+
+Sink = Annotated[DuckDBSink | SnowflakeSink, Field(discriminator="kind")]
+
+
+# -------------------------------------------------------------------------------------------------- pipeline
+class Prerequisite(Strict):
+    """One item of the wizard's prerequisite checklist."""
+
+    id: str = Field(pattern=NAME_PATTERN)
+    title: str
+    url: str | None = None
+    description: str | None = None
+
+
+class Backup(Strict):
+    """Where connector state databases are backed up (no bucket: a local directory)."""
+
+    bucket: str | None = None
+    connection: str | None = None
+    directory: str | None = None
+    max_age_hours: float = Field(default=24, gt=0)
+
+
+class Format(Strict):
+    """How bytes from a transport become records."""
+
+    name: Literal["json", "csv", "parquet"]
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_keys(self) -> Format:
+        allowed = {"json": {"array"}, "csv": {"header", "delimiter"}, "parquet": set()}[self.name]
+        unknown = sorted(set(self.config) - allowed)
+        if unknown:
+            raise ValueError(
+                f"unknown {self.name} format config key(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(sorted(allowed)) or 'none'}"
+            )
+        return self
+
+
+class Transport(Strict):
+    """The transport of a connector: its name and its config (validated by the transport's own model)."""
+
+    name: TransportName
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("config")
+    @classmethod
+    def _validate_config(cls, config: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        name = info.data.get("name")
+        if name in TRANSPORT_CONFIG_MODELS:
+            TRANSPORT_CONFIG_MODELS[name].model_validate(config)
+        return config
+
+    def parsed_config(self) -> Any:
+        """The config as the transport's typed model."""
+        return TRANSPORT_CONFIG_MODELS[self.name].model_validate(self.config)
+
+
+class Processor(Strict):
+    """A step between transport and sink: a Python function over Arrow tables or an external command."""
+
+    kind: Literal["python", "command"]
+    function: str | None = Field(default=None, description="'module:function' taking and returning a pyarrow.Table")
+    command: list[str] | None = Field(default=None, description="argv of a program filtering JSON lines")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Processor:
+        if self.kind == "python" and not self.function:
+            raise ValueError("a python processor needs 'function: module:function'")
+        if self.kind == "command" and not self.command:
+            raise ValueError("a command processor needs 'command: [program, args...]'")
+        return self
+
+
+class ConnectorSpec(Strict):
+    """One input feeding one table from one transport."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    paused: bool = False
+    labels: list[str] = Field(default_factory=list)
+    start_after: list[str] | None = None
+    max_batch_size: int = Field(default=100_000, gt=0)
+    transport: Transport
+    format: Format | None = None
+    processors: list[Processor] = Field(default_factory=list)
+
+    @field_validator("start_after", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and not value:
+            raise ValueError("start_after is an empty list; name at least one label or remove the key")
+        return value
+
+    @model_validator(mode="after")
+    def _format_fits_transport(self) -> ConnectorSpec:
+        produces_records = self.transport.name in ("datagen", "postgres_input")
+        if produces_records and self.format is not None:
+            raise ValueError(f"transport {self.transport.name} produces records itself; remove 'format'")
+        if not produces_records and self.format is None:
+            raise ValueError(f"transport {self.transport.name} needs a 'format' (json, csv or parquet)")
+        return self
+
+    @property
+    def starts_paused(self) -> bool:
+        """A connector created paused, or waiting for ``start_after``, starts ``Paused``."""
+        return self.paused or bool(self.start_after)
+
+
+COLUMN_TYPES = {
+    "BOOLEAN",
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "INT",
+    "BIGINT",
+    "FLOAT",
+    "REAL",
+    "DOUBLE",
+    "VARCHAR",
+    "TEXT",
+    "STRING",
+    "DATE",
+    "TIMESTAMP",
+}
+
+
+class TableSpec(Strict):
+    """A destination table and the connectors that fill it."""
+
+    columns: dict[str, str] | None = Field(default=None, description="column name -> SQL type")
+    connectors: list[ConnectorSpec] = Field(min_length=1)
+
+    @field_validator("columns")
+    @classmethod
+    def _known_types(cls, columns: dict[str, str] | None) -> dict[str, str] | None:
+        for column, sql_type in (columns or {}).items():
+            if sql_type.upper() not in COLUMN_TYPES:
+                raise ValueError(
+                    f"column {column!r} has unknown type {sql_type!r}; use one of {', '.join(sorted(COLUMN_TYPES))}"
+                )
+        return {c: t.upper() for c, t in columns.items()} if columns else columns
+
+    @field_validator("connectors")
+    @classmethod
+    def _unique_names(cls, connectors: list[ConnectorSpec]) -> list[ConnectorSpec]:
+        seen: set[str] = set()
+        for connector in connectors:
+            if connector.name in seen:
+                raise ValueError(f"two connectors are named {connector.name!r}; connector names must be unique")
+            seen.add(connector.name)
+        return connectors
+
+
+class Hooks(Strict):
+    """Replaceable validators and callbacks, as ``module:function`` strings."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _known_names(self) -> Hooks:
+        allowed = {f"{p}_{kind}" for p in PROCEDURES for kind in ("validator", "callback")}
+        for key, value in (self.model_extra or {}).items():
+            if key not in allowed:
+                raise ValueError(
+                    f"unknown hook {key!r}; hooks are <procedure>_validator or <procedure>_callback with "
+                    f"procedure one of {', '.join(PROCEDURES)}"
+                )
+            if not isinstance(value, str) or not re.fullmatch(r"[\w.]+:[\w.]+", value):
+                raise ValueError(f"hook {key!r} must be a 'module:function' string")
+        return self
+
+    def as_dict(self) -> dict[str, str]:
+        """Hook name -> ``module:function``."""
+        return dict(self.model_extra or {})
+
+
+class PipelineSpec(Strict):
+    """What one deployment ingests: sink, connections, tables and wizard settings."""
+
+    org_slug: str = Field(default="default", pattern=NAME_PATTERN)
+    sink: Sink = Field(default_factory=lambda: DuckDBSink(kind="duckdb"))
+    connections: dict[str, Connection] = Field(default_factory=dict)
+    prerequisites: list[Prerequisite] = Field(default_factory=list)
+    backup: Backup = Field(default_factory=Backup)
+    hooks: Hooks = Field(default_factory=Hooks)
+    tables: dict[str, TableSpec] = Field(min_length=1)
+
+    @field_validator("connections", "tables")
+    @classmethod
+    def _names(cls, items: dict[str, Any]) -> dict[str, Any]:
+        for key in items:
+            if not re.fullmatch(NAME_PATTERN, key):
+                raise ValueError(f"name {key!r} must match {NAME_PATTERN}")
+        return items
+
+    def iter_connectors(self) -> Iterator[tuple[str, ConnectorSpec]]:
+        """Every (table name, connector) pair in file order."""
+        for table_name, table in self.tables.items():
+            for connector in table.connectors:
+                yield table_name, connector
+
+    def connector(self, table: str, name: str) -> ConnectorSpec:
+        """The connector ``table.name``; a :class:`LookupError` names what exists otherwise."""
+        if table not in self.tables:
+            raise LookupError(f"no table {table!r}; tables: {', '.join(self.tables)}")
+        for connector in self.tables[table].connectors:
+            if connector.name == name:
+                return connector
+        names = ", ".join(c.name for c in self.tables[table].connectors)
+        raise LookupError(f"no connector {name!r} in table {table!r}; connectors: {names}")
+
+
+class Project(Strict):
+    """The whole project file."""
+
+    pipelines: dict[str, PipelineSpec] = Field(min_length=1)
+    state_dir: str | None = Field(default=None, description="Where state databases live (default .connectors).")
+
+    #: Path of the file this project was read from (set by :func:`load_project`).
+    source_path: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("pipelines")
+    @classmethod
+    def _pipeline_names(cls, items: dict[str, Any]) -> dict[str, Any]:
+        return PipelineSpec._names(items)
+
+    def pipeline(self, name: str) -> PipelineSpec:
+        """The pipeline ``name``; a :class:`LookupError` names what exists otherwise."""
+        if name not in self.pipelines:
+            raise LookupError(f"no pipeline {name!r}; pipelines: {', '.join(self.pipelines)}")
+        return self.pipelines[name]
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder of the project file (relative paths in the file are relative to it)."""
+        return self.source_path.parent if self.source_path else Path.cwd()
+
+    def resolve_state_dir(self, override: str | os.PathLike[str] | None = None) -> Path:
+        """The state directory: an explicit override, else ``state_dir`` from the file, else ``.connectors``."""
+        chosen = Path(override or self.state_dir or ".connectors")
+        return chosen if chosen.is_absolute() else self.base_dir / chosen
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+class ProjectFileError(ValueError):
+    """A project file that cannot be used; the message names the file, each bad key path and the fix."""
+
+    def __init__(self, path: Path | str, problems: list[str]):
+        self.path = Path(path)
+        self.problems = problems
+        super().__init__(f"Invalid project file {self.path}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _key_path(location: tuple[Any, ...]) -> str:
+    """``('pipelines', 'example', 'tables', 'price', 'connectors', 1, 'x')`` -> ``pipelines.example...[1].x``."""
+    text = ""
+    for part in location:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + str(part)
+    return text
+
+
+def _clean_location(location: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop pydantic's union-branch tags (``KafkaConnection``, ``str``...) from an error location."""
+    tags = {"kafka", "postgres", "s3", "snowflake", "duckdb"}
+    cleaned: list[Any] = []
+    for part in location:
+        if isinstance(part, str):
+            if part in {"str", "int", "float", "bool", "EnvSecret"} or part.startswith(("list[", "function-")):
+                continue
+            after_sink = cleaned[-1:] == ["sink"]
+            after_connection = len(cleaned) >= 2 and cleaned[-2] == "connections"
+            if part in tags and (after_sink or after_connection):
+                continue
+        cleaned.append(part)
+    return tuple(cleaned)
+
+
+def _line_index(text: str) -> dict[tuple[Any, ...], int]:
+    """Map each key path of a YAML document to its 1-based line number."""
+    lines: dict[tuple[Any, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[Any, ...]) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = key_node.value
+                lines[path + (key,)] = key_node.start_mark.line + 1
+                walk(value_node, path + (key,))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, path + (index,))
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _line_of(lines: dict[tuple[Any, ...], int], location: tuple[Any, ...]) -> int | None:
+    for end in range(len(location), -1, -1):
+        if location[:end] in lines:
+            return lines[location[:end]]
+    return None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key; remove it or check its spelling"
+    if error["type"] == "missing":
+        return "required key is missing"
+    message = error["msg"]
+    return message.removeprefix("Value error, ")
+
+
+def parse_project(data: Any, path: Path | str = "<memory>", text: str | None = None) -> Project:
+    """Validate already-loaded YAML data; raise :class:`ProjectFileError` naming every bad key path."""
+    try:
+        project = Project.model_validate(data)
+    except ValidationError as exc:
+        lines = _line_index(text) if text else {}
+        problems = []
+        for error in exc.errors():
+            location = _clean_location(tuple(error["loc"]))
+            line = _line_of(lines, location)
+            where = _key_path(location) or "(top level)"
+            problems.append(f"{where}{f' (line {line})' if line else ''}: {_describe(error)}")
+        raise ProjectFileError(path, list(dict.fromkeys(problems))) from None
+    project.source_path = Path(path) if path != "<memory>" else None
+    problems = [problem for name, pipeline in project.pipelines.items() for problem in _graph_problems(name, pipeline)]
+    if problems:
+        raise ProjectFileError(path, problems)
+    return project
+
+
+def load_project(path: str | os.PathLike[str] | None = None) -> Project:
+    """Read and validate a project file: ``path``, else ``$CONNECTORS_PROJECT_FILE``, else ``./connectors.yaml``."""
+    chosen = Path(path or os.environ.get(PROJECT_FILE_ENV) or DEFAULT_PROJECT_FILE).absolute()
+    if not chosen.is_file():
+        raise ProjectFileError(
+            chosen,
+            [f"file not found; pass --project-file PATH or set {PROJECT_FILE_ENV} (default ./{DEFAULT_PROJECT_FILE})"],
+        )
+    text = chosen.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ProjectFileError(chosen, [f"not valid YAML: {exc}"]) from None
+    if not isinstance(data, dict):
+        raise ProjectFileError(chosen, ["the file must be a mapping with a top-level 'pipelines' key"])
+    return parse_project(data, chosen, text)
+
+
+# ---------------------------------------------------------------------------------------- start_after graph
+def connector_labels(table: str, connector: ConnectorSpec) -> list[str]:
+    """The labels a connector carries: its own plus the implicit ``table.connector`` name."""
+    return list(dict.fromkeys([*connector.labels, f"{table}.{connector.name}"]))
+
+
+def _graph_problems(pipeline_name: str, pipeline: PipelineSpec) -> list[str]:
+    """Find ``start_after`` cycles: connector A waits for a label carried by B, ... back to A."""
+    carriers: dict[str, list[str]] = {}
+    for table, connector in pipeline.iter_connectors():
+        for label in connector_labels(table, connector):
+            carriers.setdefault(label, []).append(f"{table}.{connector.name}")
+    waits: dict[str, list[tuple[str, str]]] = {}  # endpoint -> [(label, endpoint carrying it)]
+    for table, connector in pipeline.iter_connectors():
+        endpoint = f"{table}.{connector.name}"
+        waits[endpoint] = [(label, c) for label in connector.start_after or [] for c in carriers.get(label, [])]
+
+    problems: list[str] = []
+    reported: set[frozenset[str]] = set()
+    state: dict[str, int] = {}  # 0 = unseen, 1 = on the stack, 2 = done
+    stack: list[tuple[str, str]] = []  # (endpoint, label it waits for next)
+
+    def visit(endpoint: str) -> None:
+        state[endpoint] = 1
+        for label, other in waits[endpoint]:
+            stack.append((endpoint, label))
+            if state.get(other, 0) == 1:
+                start = next(i for i, (e, _) in enumerate(stack) if e == other)
+                loop = stack[start:]
+                key = frozenset(e for e, _ in loop)
+                if key not in reported:
+                    reported.add(key)
+                    steps = ", ".join(
+                        f"{e} waits for label {lbl!r} carried by {loop[(i + 1) % len(loop)][0]}"
+                        for i, (e, lbl) in enumerate(loop)
+                    )
+                    where = f"pipelines.{pipeline_name}.tables"
+                    problems.append(
+                        f"{where}: start_after cycle: {steps}. Remove one of these start_after entries."
+                    )
+            elif state.get(other, 0) == 0:
+                visit(other)
+            stack.pop()
+        state[endpoint] = 2
+
+    for endpoint in waits:
+        if state.get(endpoint, 0) == 0:
+            visit(endpoint)
+    return problems

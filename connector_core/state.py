@@ -1,0 +1,533 @@
+"""SQLite state databases: one per pipeline, one per connector (DESIGN §6).
+
+* ``{state_dir}/{pipeline}/pipeline.sqlite``: ``app_state`` (ids, status, configurationStatus, scheduling),
+  ``app_config`` (configuration stored by the wizard and updates), ``prerequisites``, ``connectors`` (the id of
+  every connector) and ``events``.
+* ``{state_dir}/{pipeline}/connector/{connector_id}/sqlite.db``: ``identity``, ``runtime``, ``offsets``,
+  ``metrics``, ``parse_errors``, ``hourly_stats`` and ``events``.
+
+Every database runs in WAL mode with a ``busy_timeout``; its schema version is ``PRAGMA user_version`` and
+:data:`PIPELINE_MIGRATIONS` / :data:`CONNECTOR_MIGRATIONS` bring an older file up to date when it is opened.
+Writes go through :meth:`StateDB.transaction` (``BEGIN IMMEDIATE``), so a status change and its event commit
+together and two writers never interleave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BUSY_TIMEOUT_MS = 30_000
+MAX_PARSE_ERRORS_KEPT = 100
+
+
+def utc_now() -> str:
+    """The current UTC time as ISO-8601 text."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def current_hour() -> str:
+    """The start of the current UTC hour, e.g. ``2026-11-23T19:00:00+00:00``."""
+    return dt.datetime.now(dt.timezone.utc).replace(minute=0, second=0, microsecond=0).isoformat()
+
+
+class StateError(RuntimeError):
+    """A state database that cannot be opened, migrated or written."""
+
+
+PIPELINE_MIGRATIONS: Sequence[str] = (
+    """
+    CREATE TABLE app_state (key TEXT PRIMARY KEY, value TEXT);
+    CREATE TABLE app_config (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE prerequisites (
+        id TEXT PRIMARY KEY, title TEXT NOT NULL, url TEXT, done INTEGER NOT NULL DEFAULT 0, done_at TEXT);
+    CREATE TABLE connectors (
+        table_name TEXT NOT NULL, connector_name TEXT NOT NULL, connector_id TEXT NOT NULL UNIQUE,
+        PRIMARY KEY (table_name, connector_name));
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp TEXT NOT NULL, procedure TEXT NOT NULL,
+        from_status TEXT, to_status TEXT, response_code TEXT, message TEXT, source TEXT);
+    """,
+)
+
+CONNECTOR_MIGRATIONS: Sequence[str] = (
+    """
+    CREATE TABLE identity (
+        connector_id TEXT PRIMARY KEY, pipeline_id TEXT NOT NULL, name TEXT NOT NULL, type TEXT NOT NULL,
+        metadata TEXT NOT NULL DEFAULT '{}', tags TEXT NOT NULL DEFAULT '[]');
+    CREATE TABLE runtime (key TEXT PRIMARY KEY, value TEXT);
+    CREATE TABLE offsets (
+        id INTEGER PRIMARY KEY CHECK (id = 1), position TEXT, batch_seq INTEGER NOT NULL DEFAULT 0,
+        updated_at TEXT);
+    CREATE TABLE metrics (
+        id INTEGER PRIMARY KEY CHECK (id = 1), total_records INTEGER NOT NULL DEFAULT 0,
+        total_bytes INTEGER NOT NULL DEFAULT 0, buffered_records INTEGER NOT NULL DEFAULT 0,
+        end_of_input INTEGER NOT NULL DEFAULT 0, num_parse_errors INTEGER NOT NULL DEFAULT 0,
+        num_transport_errors INTEGER NOT NULL DEFAULT 0, fatal_error TEXT);
+    CREATE TABLE parse_errors (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp TEXT NOT NULL, "index" INTEGER NOT NULL,
+        message TEXT NOT NULL);
+    CREATE TABLE hourly_stats (
+        hour TEXT PRIMARY KEY, records INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0,
+        parse_errors INTEGER NOT NULL DEFAULT 0, transport_errors INTEGER NOT NULL DEFAULT 0);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp TEXT NOT NULL, kind TEXT NOT NULL, message TEXT,
+        source TEXT NOT NULL);
+    INSERT INTO offsets (id) VALUES (1);
+    INSERT INTO metrics (id) VALUES (1);
+    """,
+)
+
+
+class StateDB:
+    """One SQLite database with WAL, a busy timeout, migrations and ``BEGIN IMMEDIATE`` transactions."""
+
+    def __init__(self, path: Path, migrations: Sequence[str], read_only: bool = False):
+        self.path = Path(path)
+        self.read_only = read_only
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif not self.path.exists():
+            raise StateError(f"state database {self.path} does not exist")
+        uri = f"file:{self.path}?mode=ro" if read_only else f"file:{self.path}"
+        try:
+            self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                                         check_same_thread=False)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if not read_only:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+                self._migrate(migrations)
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open state database {self.path}: {exc}") from exc
+
+    def _migrate(self, migrations: Sequence[str]) -> None:
+        with self.transaction() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(migrations):
+                raise StateError(
+                    f"{self.path} has schema version {version}, newer than this program knows "
+                    f"({len(migrations)}); upgrade dagster-connectors"
+                )
+            for number, script in enumerate(migrations[version:], start=version + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version stored in the file."""
+        return self._conn.execute("PRAGMA user_version").fetchone()[0]
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``): committed on success, rolled back on any exception."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Rows of a read-only statement."""
+        return self._conn.execute(sql, params).fetchall()
+
+    def writable(self) -> bool:
+        """Whether this process may write the database (the privileges phase of every procedure)."""
+        if self.read_only or not os.access(self.path, os.W_OK):
+            return False
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+
+# ---------------------------------------------------------------------------------------------- pipelines
+class PipelineState(StateDB):
+    """The pipeline database: ids, lifecycle status, stored configuration, prerequisites, events."""
+
+    def __init__(self, path: Path, read_only: bool = False):
+        super().__init__(path, PIPELINE_MIGRATIONS, read_only)
+        self.lock_path = self.path.with_suffix(".lock")
+
+    def initialize(self, prerequisites: Sequence[tuple[str, str, str | None]] = ()) -> None:
+        """Create the identity and first status once; add new prerequisites (id, title, url), keep old ones."""
+        with self.transaction() as conn:
+            conn.execute("INSERT OR IGNORE INTO app_state VALUES ('pipeline_id', ?)", (str(uuid.uuid4()),))
+            conn.execute("INSERT OR IGNORE INTO app_state VALUES ('status', 'CONFIGURING')")
+            conn.execute("INSERT OR IGNORE INTO app_state VALUES ('configuration_status', 'INSTALLED')")
+            conn.execute("INSERT OR IGNORE INTO app_state VALUES ('scheduling', 'off')")
+            conn.execute("INSERT OR IGNORE INTO app_state VALUES ('created_at', ?)", (utc_now(),))
+            for prerequisite_id, title, url in prerequisites:
+                conn.execute(
+                    "INSERT INTO prerequisites (id, title, url) VALUES (?, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET title = excluded.title, url = excluded.url",
+                    (prerequisite_id, title, url),
+                )
+
+    # -- app_state
+    def get(self, key: str) -> str | None:
+        """One value of ``app_state``."""
+        rows = self.query("SELECT value FROM app_state WHERE key = ?", (key,))
+        return rows[0]["value"] if rows else None
+
+    @staticmethod
+    def put(conn: sqlite3.Connection, key: str, value: str) -> None:
+        """Set one value of ``app_state`` inside a transaction."""
+        conn.execute("INSERT OR REPLACE INTO app_state VALUES (?, ?)", (key, value))
+
+    @property
+    def pipeline_id(self) -> str:
+        """The pipeline (hub) id, a UUID generated once."""
+        value = self.get("pipeline_id")
+        if value is None:
+            raise StateError(f"{self.path} has no pipeline id; it was never initialized")
+        return value
+
+    @property
+    def status(self) -> str | None:
+        """The lifecycle status (CONFIGURING, STARTING, STARTED, PAUSING, PAUSED, ERROR)."""
+        return self.get("status")
+
+    @property
+    def configuration_status(self) -> str | None:
+        """The wizard's progress (INSTALLED ... FINALIZED)."""
+        return self.get("configuration_status")
+
+    @property
+    def scheduling_enabled(self) -> bool:
+        """Whether the orchestration sensor may launch runs for this pipeline."""
+        return self.get("scheduling") == "on"
+
+    # -- app_config
+    def config(self) -> dict[str, Any]:
+        """The stored configuration, key -> JSON value."""
+        return {row["key"]: json.loads(row["value"]) for row in self.query("SELECT key, value FROM app_config")}
+
+    @staticmethod
+    def put_config(conn: sqlite3.Connection, values: dict[str, Any]) -> None:
+        """Store configuration values inside a transaction."""
+        conn.executemany(
+            "INSERT OR REPLACE INTO app_config VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()]
+        )
+
+    # -- prerequisites
+    def prerequisites(self) -> list[dict[str, Any]]:
+        """Every prerequisite with its done flag."""
+        rows = self.query("SELECT id, title, url, done, done_at FROM prerequisites ORDER BY rowid")
+        return [dict(row) | {"done": bool(row["done"])} for row in rows]
+
+    # -- events
+    @staticmethod
+    def add_event(
+        conn: sqlite3.Connection,
+        procedure: str,
+        from_status: str | None,
+        to_status: str | None,
+        response_code: str,
+        message: str = "",
+        source: dict[str, Any] | None = None,
+    ) -> None:
+        """Record one lifecycle event inside the transaction that made the change."""
+        conn.execute(
+            "INSERT INTO events (timestamp, procedure, from_status, to_status, response_code, message, source) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (utc_now(), procedure, from_status, to_status, response_code, message, json.dumps(source or {})),
+        )
+
+    def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest events first."""
+        return [dict(r) for r in self.query("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))]
+
+    # -- connectors
+    def connector_id(self, table: str, connector: str) -> str:
+        """The id of ``table.connector``, generated once and kept."""
+        rows = self.query(
+            "SELECT connector_id FROM connectors WHERE table_name = ? AND connector_name = ?", (table, connector)
+        )
+        if rows:
+            return rows[0]["connector_id"]
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO connectors VALUES (?, ?, ?)", (table, connector, str(uuid.uuid4()))
+            )
+            return conn.execute(
+                "SELECT connector_id FROM connectors WHERE table_name = ? AND connector_name = ?",
+                (table, connector),
+            ).fetchone()[0]
+
+    @contextlib.contextmanager
+    def procedure_lock(self, timeout_seconds: float = 60) -> Iterator[None]:
+        """Serialize lifecycle procedures of this pipeline across processes (released if the process dies)."""
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a+") as handle:
+            deadline = time.monotonic() + timeout_seconds
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StateError(
+                            f"another procedure holds {self.lock_path} for more than {timeout_seconds}s"
+                        ) from None
+                    time.sleep(0.01)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------------------------- connectors
+@dataclass
+class ConnectorMetrics:
+    """The counters of one connector (DESIGN §4)."""
+
+    total_records: int = 0
+    total_bytes: int = 0
+    buffered_records: int = 0
+    end_of_input: bool = False
+    num_parse_errors: int = 0
+    num_transport_errors: int = 0
+    fatal_error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """``end_of_input`` and nothing buffered."""
+        return self.end_of_input and self.buffered_records == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The metrics object of the stats JSON."""
+        return {
+            "total_records": self.total_records,
+            "total_bytes": self.total_bytes,
+            "buffered_records": self.buffered_records,
+            "end_of_input": self.end_of_input,
+            "num_parse_errors": self.num_parse_errors,
+            "num_transport_errors": self.num_transport_errors,
+        }
+
+
+@dataclass
+class BatchCommit:
+    """What one ingested batch changes in the connector database (committed in one transaction)."""
+
+    position: Any
+    batch_seq: int
+    records: int
+    bytes: int
+    end_of_input: bool
+    buffered_records: int = 0
+    parse_errors: list[tuple[int, str]] = field(default_factory=list)
+    transport_errors: int = 0
+    fatal_error: str | None = None
+
+
+class ConnectorState(StateDB):
+    """The database of one connector: identity, runtime state, position, metrics, hourly stats, events."""
+
+    def __init__(self, path: Path, read_only: bool = False):
+        super().__init__(path, CONNECTOR_MIGRATIONS, read_only)
+
+    def initialize(
+        self,
+        connector_id: str,
+        pipeline_id: str,
+        name: str,
+        transport: str,
+        metadata: dict[str, Any],
+        tags: Sequence[str],
+        starts_paused: bool,
+    ) -> None:
+        """Write the identity row and first runtime state once; refresh metadata and tags each time."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO identity VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (connector_id) DO UPDATE SET "
+                "name = excluded.name, type = excluded.type, metadata = excluded.metadata, tags = excluded.tags",
+                (connector_id, pipeline_id, name, transport, json.dumps(metadata), json.dumps(list(tags))),
+            )
+            created = conn.execute(
+                "INSERT OR IGNORE INTO runtime VALUES ('state', ?)", ("Paused" if starts_paused else "Running",)
+            ).rowcount
+            if created:
+                self._event(conn, "created", f"connector {name} created")
+
+    def identity(self) -> dict[str, Any]:
+        """The identity row (ids, name, type, metadata, tags)."""
+        rows = self.query("SELECT * FROM identity")
+        if not rows:
+            raise StateError(f"{self.path} has no identity row")
+        row = dict(rows[0])
+        return row | {"metadata": json.loads(row["metadata"]), "tags": json.loads(row["tags"])}
+
+    def _event(self, conn: sqlite3.Connection, kind: str, message: str) -> None:
+        identity = conn.execute("SELECT connector_id, pipeline_id, name, type FROM identity").fetchone()
+        conn.execute(
+            "INSERT INTO events (timestamp, kind, message, source) VALUES (?, ?, ?, ?)",
+            (utc_now(), kind, message, json.dumps(dict(identity) if identity else {})),
+        )
+
+    def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest events first."""
+        return [dict(r) for r in self.query("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))]
+
+    def runtime(self, key: str) -> str | None:
+        """One runtime value (``state``, ``start_after_released``)."""
+        rows = self.query("SELECT value FROM runtime WHERE key = ?", (key,))
+        return rows[0]["value"] if rows else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the connector's own state is ``Running``."""
+        return self.runtime("state") == "Running"
+
+    def set_running(self, running: bool, reason: str, released_by_start_after: bool = False) -> bool:
+        """Set ``Running``/``Paused``; returns whether it changed (the call is idempotent)."""
+        new_state = "Running" if running else "Paused"
+        with self.transaction() as conn:
+            old = conn.execute("SELECT value FROM runtime WHERE key = 'state'").fetchone()
+            if released_by_start_after:
+                conn.execute("INSERT OR REPLACE INTO runtime VALUES ('start_after_released', 'true')")
+            if old and old[0] == new_state:
+                return False
+            conn.execute("INSERT OR REPLACE INTO runtime VALUES ('state', ?)", (new_state,))
+            self._event(conn, new_state.lower(), reason)
+            return True
+
+    @property
+    def start_after_released(self) -> bool:
+        """Whether ``start_after`` already started this connector once (it is never auto-started again)."""
+        return self.runtime("start_after_released") == "true"
+
+    def position(self) -> tuple[Any, int]:
+        """The stored source position (JSON) and batch sequence number."""
+        row = self.query("SELECT position, batch_seq FROM offsets WHERE id = 1")[0]
+        return (json.loads(row["position"]) if row["position"] else None), row["batch_seq"]
+
+    def metrics(self) -> ConnectorMetrics:
+        """The current counters."""
+        row = self.query("SELECT * FROM metrics WHERE id = 1")[0]
+        return ConnectorMetrics(
+            total_records=row["total_records"],
+            total_bytes=row["total_bytes"],
+            buffered_records=row["buffered_records"],
+            end_of_input=bool(row["end_of_input"]),
+            num_parse_errors=row["num_parse_errors"],
+            num_transport_errors=row["num_transport_errors"],
+            fatal_error=row["fatal_error"],
+        )
+
+    def parse_errors(self) -> list[dict[str, Any]]:
+        """The last parse errors kept (oldest first)."""
+        rows = self.query('SELECT timestamp, "index", message FROM parse_errors ORDER BY id')
+        return [dict(row) for row in rows]
+
+    def hourly_stats(self) -> list[dict[str, Any]]:
+        """Records, bytes and errors per UTC hour, oldest first."""
+        return [dict(row) for row in self.query("SELECT * FROM hourly_stats ORDER BY hour")]
+
+    def commit_batch(self, batch: BatchCommit) -> None:
+        """Store one batch's position, counters, parse errors and hourly stats in one transaction."""
+        now = utc_now()
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE offsets SET position = ?, batch_seq = ?, updated_at = ? WHERE id = 1",
+                (json.dumps(batch.position), batch.batch_seq, now),
+            )
+            conn.execute(
+                "UPDATE metrics SET total_records = total_records + ?, total_bytes = total_bytes + ?, "
+                "buffered_records = ?, end_of_input = ?, num_parse_errors = num_parse_errors + ?, "
+                "num_transport_errors = num_transport_errors + ?, fatal_error = ? WHERE id = 1",
+                (
+                    batch.records,
+                    batch.bytes,
+                    batch.buffered_records,
+                    int(batch.end_of_input),
+                    len(batch.parse_errors),
+                    batch.transport_errors,
+                    batch.fatal_error,
+                ),
+            )
+            self._add_hourly(conn, batch.records, batch.bytes, len(batch.parse_errors), batch.transport_errors)
+            if batch.parse_errors:
+                conn.executemany(
+                    'INSERT INTO parse_errors (timestamp, "index", message) VALUES (?, ?, ?)',
+                    [(now, index, message) for index, message in batch.parse_errors[-MAX_PARSE_ERRORS_KEPT:]],
+                )
+                conn.execute(
+                    "DELETE FROM parse_errors WHERE id NOT IN "
+                    f"(SELECT id FROM parse_errors ORDER BY id DESC LIMIT {MAX_PARSE_ERRORS_KEPT})"
+                )
+
+    def record_transport_error(self, message: str, fatal: bool = False) -> None:
+        """Count a transport error (and keep it as the fatal error when it stops the connector)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE metrics SET num_transport_errors = num_transport_errors + 1, "
+                "fatal_error = CASE WHEN ? THEN ? ELSE fatal_error END WHERE id = 1",
+                (int(fatal), message),
+            )
+            self._add_hourly(conn, 0, 0, 0, 1)
+            self._event(conn, "transport_error", message)
+
+    def update_progress(self, buffered_records: int, end_of_input: bool) -> None:
+        """Refresh ``buffered_records`` and ``end_of_input`` when a read found nothing new."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE metrics SET buffered_records = ?, end_of_input = ? WHERE id = 1",
+                (buffered_records, int(end_of_input)),
+            )
+
+    @staticmethod
+    def _add_hourly(conn: sqlite3.Connection, records: int, nbytes: int, parse: int, transport: int) -> None:
+        conn.execute(
+            "INSERT INTO hourly_stats VALUES (?, ?, ?, ?, ?) ON CONFLICT (hour) DO UPDATE SET "
+            "records = records + excluded.records, bytes = bytes + excluded.bytes, "
+            "parse_errors = parse_errors + excluded.parse_errors, "
+            "transport_errors = transport_errors + excluded.transport_errors",
+            (current_hour(), records, nbytes, parse, transport),
+        )
+
+
+# ------------------------------------------------------------------------------------------------- store
+class StateStore:
+    """Finds the state databases of a project under one ``state_dir``."""
+
+    def __init__(self, state_dir: Path | str):
+        self.state_dir = Path(state_dir)
+
+    def pipeline_path(self, pipeline: str) -> Path:
+        """``{state_dir}/{pipeline}/pipeline.sqlite``."""
+        return self.state_dir / pipeline / "pipeline.sqlite"
+
+    def connector_path(self, pipeline: str, connector_id: str) -> Path:
+        """``{state_dir}/{pipeline}/connector/{connector_id}/sqlite.db``."""
+        return self.state_dir / pipeline / "connector" / connector_id / "sqlite.db"
+
+    def pipeline(self, pipeline: str, read_only: bool = False) -> PipelineState:
+        """Open (creating when needed) the pipeline database."""
+        return PipelineState(self.pipeline_path(pipeline), read_only=read_only)
+
+    def connector(self, pipeline: str, connector_id: str, read_only: bool = False) -> ConnectorState:
+        """Open (creating when needed) a connector database."""
+        return ConnectorState(self.connector_path(pipeline, connector_id), read_only=read_only)

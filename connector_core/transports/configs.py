@@ -1,0 +1,151 @@
+"""Typed configuration of every transport (the ``transport.config`` mapping of a connector).
+
+These models import nothing heavy, so the project file validates without the transports' libraries.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+TransportName = Literal["datagen", "file_input", "url_input", "kafka_input", "postgres_input", "s3_input", "command"]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DatagenField(_Config):
+    """How one column is generated (Feldera's datagen semantics)."""
+
+    strategy: Literal["increment", "uniform", "zipf"] = "increment"
+    range: tuple[float, float] | None = Field(default=None, description="Half-open [a, b): b is never produced.")
+    values: list[Any] | None = Field(default=None, description="Used in order (increment) or sampled.")
+    scale: float = Field(default=1, description="Step of increment per record.")
+    e: float = Field(default=1.0, gt=0, description="Zipf exponent.")
+    null_percentage: float = Field(default=0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _check(self) -> DatagenField:
+        if self.range is not None and not self.range[0] < self.range[1]:
+            raise ValueError(f"range {list(self.range)} is empty; write [a, b] with a < b (b is excluded)")
+        if self.values is not None and not self.values:
+            raise ValueError("values is an empty list")
+        if self.values is not None and self.range is not None:
+            raise ValueError("give either range or values, not both")
+        return self
+
+
+class DatagenPlan(_Config):
+    """One step of a datagen plan: ``limit`` records at ``rate`` records/second."""
+
+    rate: float | None = Field(default=None, gt=0, description="Records per second; unlimited when absent.")
+    limit: int | None = Field(default=None, ge=0, description="Records in this step; endless when absent.")
+    fields: dict[str, DatagenField] = Field(default_factory=dict)
+
+
+class DatagenConfig(_Config):
+    """Generated records: a list of plans run in order."""
+
+    plan: list[DatagenPlan] = Field(default_factory=lambda: [DatagenPlan()], min_length=1)
+    seed: int | None = None
+
+
+class FileInputConfig(_Config):
+    """A local file; with ``follow`` the file is polled for appended lines."""
+
+    path: str
+    follow: bool = False
+    chunk_size: int = Field(default=16 * 1024 * 1024, gt=0, description="Bytes read per batch at most.")
+
+
+class UrlInputConfig(_Config):
+    """One HTTP GET; end of input when the body is read."""
+
+    path: str = Field(description="http(s) URL")
+    timeout_seconds: float = Field(default=30, gt=0)
+    headers: dict[str, Any] = Field(default_factory=dict)
+
+
+class KafkaInputConfig(_Config):
+    """A Kafka topic, read with ``assign()`` from offsets stored with the sink."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    topic: str
+    connection: str | None = Field(default=None, description="Name of a kafka connection of the pipeline.")
+    start_from: Literal["earliest", "latest"] | dict[str, list[int]] = "earliest"
+    enable_partition_eof: bool = Field(default=False, alias="enable.partition.eof")
+    poll_timeout_seconds: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> KafkaInputConfig:
+        if isinstance(self.start_from, dict) and set(self.start_from) != {"offsets"}:
+            raise ValueError("start_from must be earliest, latest or {offsets: [offset per partition]}")
+        extra = self.model_extra or {}
+        if not self.connection and "bootstrap.servers" not in extra:
+            raise ValueError("name a kafka 'connection' or give 'bootstrap.servers'")
+        bad = [k for k in extra if not _looks_like_librdkafka_key(k)]
+        if bad:
+            raise ValueError(
+                f"unknown key(s) {', '.join(bad)}; allowed: topic, connection, start_from, enable.partition.eof, "
+                "poll_timeout_seconds and librdkafka settings (dotted names such as fetch.max.bytes)"
+            )
+        return self
+
+    def librdkafka_settings(self) -> dict[str, Any]:
+        """The extra librdkafka settings given on the connector."""
+        return dict(self.model_extra or {})
+
+
+def _looks_like_librdkafka_key(key: str) -> bool:
+    return "." in key and all(part.isalnum() or part.replace("_", "").isalnum() for part in key.split("."))
+
+
+class PostgresInputConfig(_Config):
+    """A snapshot of a query result (or a whole table) over a postgres connection."""
+
+    connection: str
+    query: str | None = None
+    table: str | None = None
+    batch_rows: int = Field(default=50_000, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PostgresInputConfig:
+        if bool(self.query) == bool(self.table):
+            raise ValueError("give exactly one of 'query' or 'table'")
+        return self
+
+
+class S3InputConfig(_Config):
+    """Objects under a prefix (or one key) in a bucket, in key order."""
+
+    connection: str | None = None
+    bucket: str
+    prefix: str | None = None
+    key: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> S3InputConfig:
+        if self.prefix is not None and self.key is not None:
+            raise ValueError("give 'prefix' or 'key', not both")
+        return self
+
+
+class CommandInputConfig(_Config):
+    """An external program writing records to stdout (JSON lines by default)."""
+
+    command: list[str] = Field(min_length=1, description="argv; the program runs in the project folder")
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+TRANSPORT_CONFIG_MODELS: dict[str, type[BaseModel]] = {
+    "datagen": DatagenConfig,
+    "file_input": FileInputConfig,
+    "url_input": UrlInputConfig,
+    "kafka_input": KafkaInputConfig,
+    "postgres_input": PostgresInputConfig,
+    "s3_input": S3InputConfig,
+    "command": CommandInputConfig,
+}
