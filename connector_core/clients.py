@@ -10,10 +10,6 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 
-class ConnectionError_(RuntimeError):
-    """A connection that could not be reached; the message names it and the cause."""
-
-
 class ConnectionClients(Protocol):
     """Factories for the clients of a pipeline's named connections and of its sink."""
 
@@ -37,6 +33,10 @@ class ConnectionClients(Protocol):
         """A DuckDB connection to the embedded sink (closed on exit)."""
         ...
 
-    def test_connection(self, connection: str) -> None:
-        """Really reach a connection (Kafka metadata, ``SELECT 1``, ``HeadBucket``...); raise on failure."""
+    def test_connection(self, connection: str, settings: dict[str, Any] | None = None) -> None:
+        """Really reach a connection (Kafka metadata, ``SELECT 1``, ``HeadBucket``...); raise on failure.
+
+        ``settings`` (the connection's settings as dumped from the project file) tests proposed values
+        instead of the current ones.
+        """
         ...

@@ -149,8 +149,14 @@ class Pipeline:
                 rows.append({"connector": handle.endpoint, **row})
                 total = totals.setdefault(
                     row["hour"],
-                    {"connector": "*", "hour": row["hour"], "records": 0, "bytes": 0, "parse_errors": 0,
-                     "transport_errors": 0},
+                    {
+                        "connector": "*",
+                        "hour": row["hour"],
+                        "records": 0,
+                        "bytes": 0,
+                        "parse_errors": 0,
+                        "transport_errors": 0,
+                    },
                 )
                 for key in ("records", "bytes", "parse_errors", "transport_errors"):
                     total[key] += row[key]

@@ -547,9 +547,7 @@ def _graph_problems(pipeline_name: str, pipeline: PipelineSpec) -> list[str]:
                         for i, (e, lbl) in enumerate(loop)
                     )
                     where = f"pipelines.{pipeline_name}.tables"
-                    problems.append(
-                        f"{where}: start_after cycle: {steps}. Remove one of these start_after entries."
-                    )
+                    problems.append(f"{where}: start_after cycle: {steps}. Remove one of these start_after entries.")
             elif state.get(other, 0) == 0:
                 visit(other)
             stack.pop()

@@ -101,8 +101,9 @@ class StateDB:
             raise StateError(f"state database {self.path} does not exist")
         uri = f"file:{self.path}?mode=ro" if read_only else f"file:{self.path}"
         try:
-            self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
-                                         check_same_thread=False)
+            self._conn = sqlite3.connect(
+                uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+            )
             self._conn.row_factory = sqlite3.Row
             self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             if not read_only:
@@ -268,9 +269,7 @@ class PipelineState(StateDB):
         if rows:
             return rows[0]["connector_id"]
         with self.transaction() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO connectors VALUES (?, ?, ?)", (table, connector, str(uuid.uuid4()))
-            )
+            conn.execute("INSERT OR IGNORE INTO connectors VALUES (?, ?, ?)", (table, connector, str(uuid.uuid4())))
             return conn.execute(
                 "SELECT connector_id FROM connectors WHERE table_name = ? AND connector_name = ?",
                 (table, connector),
@@ -489,6 +488,11 @@ class ConnectorState(StateDB):
             )
             self._add_hourly(conn, 0, 0, 0, 1)
             self._event(conn, "transport_error", message)
+
+    def clear_fatal_error(self) -> None:
+        """Forget the fatal error, so that a restarted connector tries again."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE metrics SET fatal_error = NULL WHERE id = 1")
 
     def update_progress(self, buffered_records: int, end_of_input: bool) -> None:
         """Refresh ``buffered_records`` and ``end_of_input`` when a read found nothing new."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
 from connector_core.clients import ConnectionClients
-from connector_core.project import ConnectorSpec
+
+if TYPE_CHECKING:  # project.py imports transports.configs, so import the spec type lazily
+    from connector_core.project import ConnectorSpec
 
 
 class TransportError(RuntimeError):

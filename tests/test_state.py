@@ -1,0 +1,131 @@
+"""State databases: layout, WAL, schema version and migrations, transactions, identity, metrics."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from connector_core.pipeline import Pipeline, mask_secrets
+from connector_core.project import parse_project
+from connector_core.state import (
+    CONNECTOR_MIGRATIONS,
+    MAX_PARSE_ERRORS_KEPT,
+    BatchCommit,
+    ConnectorState,
+    PipelineState,
+    StateError,
+    StateStore,
+)
+
+
+def make_pipeline(tmp_path: Path) -> Pipeline:
+    project = parse_project(
+        {
+            "pipelines": {
+                "p": {
+                    "org_slug": "acme",
+                    "tables": {"t": {"connectors": [{"name": "c", "transport": {"name": "datagen"}}]}},
+                }
+            }
+        }
+    )
+    return Pipeline(project, "p", tmp_path)
+
+
+def test_layout_and_wal(tmp_path: Path) -> None:
+    pipeline = make_pipeline(tmp_path)
+    handle = pipeline.connector("t", "c")
+    assert pipeline.state.path == tmp_path / "p" / "pipeline.sqlite"
+    assert handle.state.path == tmp_path / "p" / "connector" / handle.connector_id / "sqlite.db"
+    for db in (pipeline.state, handle.state):
+        assert db.query("PRAGMA journal_mode")[0][0] == "wal"
+        assert db.query("PRAGMA busy_timeout")[0][0] >= 1000
+
+
+def test_identity_row_and_event_source(tmp_path: Path) -> None:
+    pipeline = make_pipeline(tmp_path)
+    handle = pipeline.connector("t", "c")
+    identity = handle.state.identity()
+    assert identity["connector_id"] == handle.connector_id and identity["pipeline_id"] == pipeline.pipeline_id
+    assert identity["type"] == "datagen" and identity["name"] == "t.c" and identity["tags"] == ["t.c"]
+    assert identity["metadata"]["org_slug"] == "acme"
+    source = json.loads(handle.state.events()[0]["source"])
+    assert source["connector_id"] == handle.connector_id and source["pipeline_id"] == pipeline.pipeline_id
+
+
+def test_migration_from_an_older_schema(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(CONNECTOR_MIGRATIONS[0])  # a database written by version 1 of the schema
+    conn.execute("INSERT INTO runtime VALUES ('state', 'Paused')")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    newer = (*CONNECTOR_MIGRATIONS, "ALTER TABLE runtime ADD COLUMN note TEXT")
+    from connector_core.state import StateDB
+
+    db = StateDB(path, newer)
+    assert db.schema_version == 2
+    assert db.query("SELECT value, note FROM runtime")[0][:] == ("Paused", None)  # data kept, column added
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    ConnectorState(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(StateError, match="schema version 99"):
+        ConnectorState(path)
+
+
+def test_a_failed_transaction_changes_nothing(tmp_path: Path) -> None:
+    state = PipelineState(tmp_path / "p.sqlite")
+    state.initialize()
+    with pytest.raises(RuntimeError), state.transaction() as conn:
+        state.put(conn, "status", "STARTED")
+        state.add_event(conn, "x", "CONFIGURING", "STARTED", "OK")
+        raise RuntimeError("crash between the status and the commit")
+    assert state.status == "CONFIGURING" and state.events() == []
+
+
+def test_read_only_state_is_not_writable(tmp_path: Path) -> None:
+    state = PipelineState(tmp_path / "p.sqlite")
+    state.initialize()
+    assert state.writable()
+    assert not PipelineState(tmp_path / "p.sqlite", read_only=True).writable()
+    with pytest.raises(StateError, match="does not exist"):
+        PipelineState(tmp_path / "missing.sqlite", read_only=True)
+
+
+def test_batches_metrics_hourly_stats_and_parse_errors(tmp_path: Path) -> None:
+    state = StateStore(tmp_path).connector("p", "id-1")
+    state.initialize("id-1", "pipe-1", "t.c", "file_input", {}, [], starts_paused=False)
+    errors = [(i, f"bad record {i}") for i in range(150)]
+    state.commit_batch(BatchCommit(position={"offset": 10}, batch_seq=1, records=5, bytes=50, end_of_input=False))
+    state.commit_batch(
+        BatchCommit(
+            position={"offset": 20}, batch_seq=2, records=7, bytes=70, end_of_input=True, parse_errors=errors
+        )
+    )
+    assert state.position() == ({"offset": 20}, 2)
+    metrics = state.metrics()
+    assert (metrics.total_records, metrics.total_bytes, metrics.num_parse_errors) == (12, 120, 150)
+    assert metrics.finished
+    kept = state.parse_errors()
+    assert len(kept) == MAX_PARSE_ERRORS_KEPT and kept[-1]["message"] == "bad record 149"
+    assert kept[0]["index"] == 150 - MAX_PARSE_ERRORS_KEPT
+    [hour] = state.hourly_stats()
+    assert (hour["records"], hour["bytes"], hour["parse_errors"]) == (12, 120, 150)
+    state.record_transport_error("connection refused", fatal=True)
+    assert state.metrics().num_transport_errors == 1 and state.metrics().fatal_error == "connection refused"
+    state.clear_fatal_error()
+    assert state.metrics().fatal_error is None and state.hourly_stats()[0]["transport_errors"] == 1
+
+
+def test_secrets_are_masked() -> None:
+    config = {"dsn": "postgresql://u:pw@h/db", "sasl.password": "pw", "token": "t", "user": "u", "x": {"env": "PG"}}
+    masked = mask_secrets(config)
+    assert masked == {"dsn": "********", "sasl.password": "********", "token": "********", "user": "u", "x": "{env: PG}"}
