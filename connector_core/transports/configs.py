@@ -65,7 +65,12 @@ class UrlInputConfig(_Config):
 
     path: str = Field(description="http(s) URL")
     timeout_seconds: float = Field(default=30, gt=0)
-    headers: dict[str, Any] = Field(default_factory=dict)
+    headers: dict[str, Any] = Field(
+        default_factory=dict, description="Extra request headers; values may be {env: NAME}."
+    )
+    chunk_size: int = Field(
+        default=16 * 1024 * 1024, gt=0, description="Bytes per batch at most (pieces end at a newline)."
+    )
 
 
 class KafkaInputConfig(_Config):
@@ -77,7 +82,8 @@ class KafkaInputConfig(_Config):
     connection: str | None = Field(default=None, description="Name of a kafka connection of the pipeline.")
     start_from: Literal["earliest", "latest"] | dict[str, list[int]] = "earliest"
     enable_partition_eof: bool = Field(default=False, alias="enable.partition.eof")
-    poll_timeout_seconds: float = Field(default=1.0, gt=0)
+    poll_timeout_seconds: float = Field(default=1.0, gt=0, description="Longest wait for one batch.")
+    metadata_timeout_seconds: float = Field(default=10.0, gt=0, description="Longest wait for the broker's answer.")
 
     @model_validator(mode="after")
     def _check(self) -> KafkaInputConfig:
@@ -90,7 +96,8 @@ class KafkaInputConfig(_Config):
         if bad:
             raise ValueError(
                 f"unknown key(s) {', '.join(bad)}; allowed: topic, connection, start_from, enable.partition.eof, "
-                "poll_timeout_seconds and librdkafka settings (dotted names such as fetch.max.bytes)"
+                "poll_timeout_seconds, metadata_timeout_seconds and librdkafka settings "
+                "(dotted names such as fetch.max.bytes)"
             )
         return self
 
@@ -107,8 +114,10 @@ class PostgresInputConfig(_Config):
     """A snapshot of a query result (or a whole table) over a postgres connection."""
 
     connection: str
-    query: str | None = None
-    table: str | None = None
+    query: str | None = Field(
+        default=None, description="SELECT to snapshot; give it an ORDER BY so a resume after a restart is exact."
+    )
+    table: str | None = Field(default=None, description="'table' or 'schema.table'; read in primary-key order.")
     batch_rows: int = Field(default=50_000, gt=0)
 
     @model_validator(mode="after")
@@ -125,6 +134,9 @@ class S3InputConfig(_Config):
     bucket: str
     prefix: str | None = None
     key: str | None = None
+    chunk_size: int = Field(
+        default=16 * 1024 * 1024, gt=0, description="Bytes per batch at most (pieces end at a newline)."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> S3InputConfig:
@@ -138,6 +150,10 @@ class CommandInputConfig(_Config):
 
     command: list[str] = Field(min_length=1, description="argv; the program runs in the project folder")
     env: dict[str, str] = Field(default_factory=dict)
+    chunk_size: int = Field(
+        default=16 * 1024 * 1024, gt=0, description="Bytes per batch at most (pieces end at a newline)."
+    )
+    poll_timeout_seconds: float = Field(default=1.0, gt=0, description="Longest wait for output in one batch.")
 
 
 TRANSPORT_CONFIG_MODELS: dict[str, type[BaseModel]] = {

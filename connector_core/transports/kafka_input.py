@@ -1,0 +1,280 @@
+"""``kafka_input``: a topic read with ``assign()`` from offsets stored with the sink.
+
+Position: ``{"<partition>": next_offset, ...}`` for every partition of the topic; it is written by the sink
+together with the rows, so it is the source of truth (the consumer group only gets a best-effort copy, for
+monitoring tools). ``start_from`` (``earliest``, ``latest`` or ``{offsets: [one per partition]}``) applies only
+when no position is stored; a partition missing from a stored position (added to the topic later), or from the
+``offsets`` list, starts at its earliest offset.
+
+A batch is up to ``max_records`` messages, or what arrived within ``poll_timeout_seconds``, or less when every
+partition is at its end. ``data`` is the message values, one per line (a newline inside a JSON value is turned
+into a space; a CSV record must hold none). ``buffered_records`` is the lag: high watermark − next offset, summed.
+End of input only with ``enable.partition.eof: true`` and every partition at its end.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from connector_core.transports.base import ReadResult, TransportContext, TransportError
+from connector_core.transports.configs import KafkaInputConfig
+
+#: Consumer settings applied unless the connection or the connector sets them.
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "fetch.max.bytes": 64 * 1024 * 1024,
+    "max.partition.fetch.bytes": 16 * 1024 * 1024,
+    "receive.message.max.bytes": 64 * 1024 * 1024 + 512,
+    "queued.max.messages.kbytes": 256 * 1024,
+    "fetch.wait.max.ms": 100,
+    "auto.offset.reset": "earliest",  # a stored offset deleted by retention restarts at the oldest one left
+    "allow.auto.create.topics": False,
+}
+
+_FATAL_CODES = {
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.GROUP_AUTHORIZATION_FAILED,
+    KafkaError.SASL_AUTHENTICATION_FAILED,
+    KafkaError._AUTHENTICATION,
+    KafkaError._UNKNOWN_TOPIC,
+    KafkaError._UNKNOWN_PARTITION,
+}
+
+
+class _LogHandler(logging.Handler):
+    """Forwards librdkafka's log lines to the connector's log."""
+
+    def __init__(self, log: Any, prefix: str) -> None:
+        super().__init__(logging.INFO)
+        self._log = log
+        self._prefix = prefix
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._log(f"{self._prefix}: {record.getMessage()}")
+
+
+def consumer_settings(ctx: TransportContext, config: KafkaInputConfig) -> dict[str, Any]:
+    """The librdkafka settings of the connector's consumer: connection, then connector keys, then defaults."""
+    settings: dict[str, Any] = {}
+    if config.connection:
+        settings.update(ctx.clients.kafka_settings(config.connection))
+    settings.update(config.librdkafka_settings())
+    for key, value in DEFAULT_SETTINGS.items():
+        settings.setdefault(key, value)
+    settings.setdefault("group.id", f"connectors-{ctx.pipeline}-{ctx.table}-{ctx.connector.name}")
+    settings["enable.auto.commit"] = False
+    settings["enable.auto.offset.store"] = False
+    # Always on internally: it tells when a batch can stop waiting. End of input still needs the config flag.
+    settings["enable.partition.eof"] = True
+    return settings
+
+
+def _normalise(position: Any) -> dict[int, int] | None:
+    if position is None:
+        return None
+    if not isinstance(position, dict):
+        raise TransportError(f"kafka_input: invalid position {position!r}; expected {{partition: next offset}}")
+    try:
+        return {int(p): int(o) for p, o in position.items()}
+    except (TypeError, ValueError):
+        raise TransportError(f"kafka_input: invalid position {position!r}") from None
+
+
+class KafkaReader:
+    """One consumer, assigned to every partition of the topic; kept open across batches."""
+
+    def __init__(self, ctx: TransportContext) -> None:
+        self._config: KafkaInputConfig = ctx.connector.transport.parsed_config()
+        self._topic = self._config.topic
+        self.can_finish = self._config.enable_partition_eof
+        self._json = ctx.connector.format is not None and ctx.connector.format.name == "json"
+        if ctx.connector.format is not None and ctx.connector.format.name == "parquet":
+            raise TransportError("kafka_input: one record per message; use the json or csv format, not parquet")
+        settings = consumer_settings(ctx, self._config)
+        self._servers = str(settings.get("bootstrap.servers", "?"))
+        logger = logging.Logger(f"connectors.kafka.{ctx.pipeline}.{ctx.table}.{ctx.connector.name}")
+        logger.addHandler(_LogHandler(ctx.log, f"kafka_input {ctx.table}.{ctx.connector.name}"))
+        settings.setdefault("logger", logger)
+        try:
+            self._consumer: Consumer | None = Consumer(settings)
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise TransportError(f"kafka_input: invalid consumer settings: {exc}") from None
+        self._next: dict[int, int] = {}  #: next offset to read, per partition
+        self._at_end: set[int] = set()  #: partitions whose end was reached (and nothing read since)
+        self._assigned = False
+        self._handed_out: dict[int, int] | None = None  #: the position returned by the last read
+
+    # -------------------------------------------------------------------------------------------- reading
+    def read(self, position: Any, max_records: int) -> ReadResult:
+        """Consume up to ``max_records`` messages after ``position``."""
+        consumer = self._open_consumer()
+        stored = _normalise(position)
+        if not self._assigned or stored != self._handed_out:
+            self._assign(stored)
+        if stored:
+            self._commit_to_group(stored)
+        self._forget_stale_ends()
+        values: list[bytes] = []
+        errors: list[str] = []
+        size = 0
+        deadline = time.monotonic() + self._config.poll_timeout_seconds
+        first = True
+        while len(values) < max_records:
+            # At every partition's end: only take what is queued already (no wait), then stop.
+            at_end = self._all_at_end()
+            remaining = deadline - time.monotonic()
+            if not first and (at_end or remaining <= 0):
+                break
+            first = False
+            try:
+                # consume() waits for all num_messages; poll() returns the first one as soon as it arrives.
+                message = consumer.poll(0 if at_end else max(0, remaining))
+                if message is None:
+                    continue
+                wanted = min(max_records - len(values), 100_000) - 1
+                messages = [message, *(consumer.consume(num_messages=wanted, timeout=0) if wanted > 0 else ())]
+            except KafkaException as exc:
+                raise TransportError(
+                    f"kafka_input: consuming {self._topic} from {self._servers} failed: {exc}"
+                ) from None
+            for message in messages:
+                error = message.error()
+                partition = message.partition()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        self._at_end.add(partition)
+                        self._next[partition] = message.offset()
+                    elif error.fatal() or error.code() in _FATAL_CODES:
+                        raise TransportError(f"kafka_input: topic {self._topic} on {self._servers}: {error.str()}")
+                    else:
+                        errors.append(error.str())
+                    continue
+                self._next[partition] = message.offset() + 1
+                self._at_end.discard(partition)
+                value = message.value()
+                if value is None:  # a tombstone carries no record
+                    continue
+                if self._json and b"\n" in value:
+                    value = value.replace(b"\r\n", b" ").replace(b"\n", b" ")
+                values.append(value)
+                size += len(value)
+        self._handed_out = dict(self._next)
+        data = b"\n".join(values) + b"\n" if values else None
+        return ReadResult(
+            data=data,
+            position={str(p): o for p, o in sorted(self._next.items())},
+            end_of_input=self._config.enable_partition_eof and self._all_at_end(),
+            bytes_read=size,
+            buffered_records=self._lag(),
+            transport_errors=errors,
+        )
+
+    def close(self) -> None:
+        """Close the consumer (no offsets are committed here; the sink stores them)."""
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        self._assigned = False
+
+    # -------------------------------------------------------------------------------------------- internals
+    def _open_consumer(self) -> Consumer:
+        if self._consumer is None:
+            raise TransportError("kafka_input: the reader is closed")
+        return self._consumer
+
+    def _forget_stale_ends(self) -> None:
+        """A partition whose last fetch saw a high watermark beyond the next offset is not at its end any more."""
+        for partition in list(self._at_end):
+            _, high = self._watermarks(partition, cached=True)
+            if high > self._next.get(partition, high):
+                self._at_end.discard(partition)
+
+    def _all_at_end(self) -> bool:
+        return bool(self._next) and self._at_end >= set(self._next)
+
+    def _partitions(self) -> list[int]:
+        consumer = self._open_consumer()
+        try:
+            metadata = consumer.list_topics(self._topic, timeout=self._config.metadata_timeout_seconds)
+        except KafkaException as exc:
+            raise TransportError(
+                f"kafka_input: cannot read metadata of topic {self._topic} from {self._servers}: {exc.args[0]}"
+            ) from None
+        topic = metadata.topics.get(self._topic)
+        if topic is None or topic.error is not None:
+            code = topic.error.code() if topic is not None and topic.error is not None else None
+            if topic is None or code in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+                raise TransportError(f"kafka_input: topic {self._topic!r} does not exist on {self._servers}")
+            raise TransportError(f"kafka_input: topic {self._topic!r} on {self._servers}: {topic.error.str()}")
+        if not topic.partitions:
+            raise TransportError(f"kafka_input: topic {self._topic!r} on {self._servers} has no partitions")
+        return sorted(topic.partitions)
+
+    def _watermarks(self, partition: int, cached: bool = False) -> tuple[int, int]:
+        consumer = self._open_consumer()
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(self._topic, partition), timeout=self._config.metadata_timeout_seconds, cached=cached
+            )
+        except KafkaException as exc:
+            raise TransportError(
+                f"kafka_input: cannot read offsets of {self._topic}[{partition}] from {self._servers}: {exc.args[0]}"
+            ) from None
+        return low, high
+
+    def _start_offsets(self, stored: dict[int, int] | None, partitions: list[int]) -> dict[int, int]:
+        start_from = self._config.start_from
+        offsets: dict[int, int] = {}
+        for partition in partitions:
+            if stored is not None:
+                if partition in stored:
+                    offsets[partition] = stored[partition]
+                    continue
+                offsets[partition] = self._watermarks(partition)[0]
+            elif isinstance(start_from, dict):
+                listed = start_from["offsets"]
+                offsets[partition] = listed[partition] if partition < len(listed) else self._watermarks(partition)[0]
+            else:
+                low, high = self._watermarks(partition)
+                offsets[partition] = low if start_from == "earliest" else high
+        return offsets
+
+    def _assign(self, stored: dict[int, int] | None) -> None:
+        consumer = self._open_consumer()
+        offsets = self._start_offsets(stored, self._partitions())
+        try:
+            consumer.assign([TopicPartition(self._topic, p, o) for p, o in offsets.items()])
+        except KafkaException as exc:
+            raise TransportError(f"kafka_input: cannot assign {self._topic}: {exc.args[0]}") from None
+        self._next = dict(offsets)
+        self._at_end = set()
+        self._assigned = True
+        self._handed_out = None
+
+    def _commit_to_group(self, stored: dict[int, int]) -> None:
+        """Copy the sink's position to the consumer group, for lag monitoring (best effort, asynchronous)."""
+        consumer = self._open_consumer()
+        try:
+            consumer.commit(offsets=[TopicPartition(self._topic, p, o) for p, o in stored.items()], asynchronous=True)
+        except KafkaException:
+            pass
+
+    def _lag(self) -> int:
+        lag = 0
+        for partition, next_offset in self._next.items():
+            if partition in self._at_end:
+                continue
+            _, high = self._watermarks(partition, cached=True)  # from the last fetch answer: no round trip
+            if high < 0:
+                _, high = self._watermarks(partition)
+            lag += max(0, high - next_offset)
+        return lag
+
+
+def open_reader(ctx: TransportContext) -> KafkaReader:
+    """Open a ``kafka_input`` reader (metadata is read on the first read)."""
+    return KafkaReader(ctx)

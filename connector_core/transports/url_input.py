@@ -1,0 +1,183 @@
+"""``url_input``: one HTTP GET of ``path``; end of input after the whole body.
+
+The body is streamed and handed out in pieces of at most ``chunk_size`` bytes and ``max_records`` lines that end
+at a newline, so a batch stays bounded whatever the body's size. The position is the byte offset reached in the
+body. After a restart the reader asks for the rest with ``Range: bytes=N-``; a server that ignores ranges (answers
+200) is read again from the start and the first N bytes are skipped. Formats that cannot be cut at newlines
+(parquet, a JSON array) get the whole body in one piece; so does a JSON body that turns out to be an array (first character ``[``), as the json
+format reads arrays too.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import urllib.error
+import urllib.request
+from typing import Any
+
+from connector_core.project import EnvSecret
+from connector_core.transports._lines import LineBuffer, may_be_json_array, splits_at_newlines, starts_json_array
+from connector_core.transports.base import ReadResult, TransportContext, TransportError
+from connector_core.transports.configs import UrlInputConfig
+
+_BLOCK = 1024 * 1024
+
+
+# ------------------------------------------------------------------------------------------------ reader
+def _header_value(value: Any) -> str:
+    if isinstance(value, dict) and set(value) == {"env"}:
+        return EnvSecret.model_validate(value).resolve()
+    return str(value)
+
+
+class UrlReader:
+    """Streams one HTTP body; the response stays open between reads of the same run."""
+
+    can_finish = True
+
+    def __init__(self, ctx: TransportContext) -> None:
+        self._config: UrlInputConfig = ctx.connector.transport.parsed_config()
+        self._url = self._config.path
+        self._split = splits_at_newlines(ctx.connector)
+        self._sniff_array = may_be_json_array(ctx.connector)
+        self._whole = not self._split  #: hand out the whole body at once
+        self._sniffing = False  #: still to find out whether the body is a JSON array
+        self._response: http.client.HTTPResponse | None = None
+        self._offset: int | None = None  #: body offset of the first buffered byte (= position handed out)
+        self._buffer = LineBuffer()
+        self._eof = False
+
+    # The body is finite, so blocking reads (bounded by ``timeout_seconds`` per socket operation) are fine.
+    def read(self, position: Any, max_records: int) -> ReadResult:
+        """Return the next piece of the body after byte offset ``position``."""
+        start = int(position or 0)
+        if start < 0:
+            raise TransportError(f"url_input {self._url}: invalid position {position!r}")
+        if self._offset != start:
+            self._open(start)
+        try:
+            self._fill(max_records)
+        except TransportError:
+            # A connection dropped while idle between batches: ask again for the rest, once.
+            self._open(start)
+            self._fill(max_records)
+        if self._whole:
+            piece = self._buffer.take_all() if self._eof else b""
+        else:
+            piece = self._buffer.take(self._config.chunk_size, max_records, final=self._eof)
+        assert self._offset is not None
+        self._offset += len(piece)
+        end = self._eof and len(self._buffer) == 0
+        if end:
+            self._close_response()
+        return ReadResult(
+            data=piece or None,
+            position=self._offset,
+            end_of_input=end,
+            bytes_read=len(piece),
+            buffered_records=self._buffer.newlines,
+            starts_object=bool(piece) and start == 0,
+        )
+
+    def close(self) -> None:
+        """Close the HTTP response."""
+        self._close_response()
+        self._offset = None
+
+    # -------------------------------------------------------------------------------------------- internals
+    def _fill(self, max_records: int) -> None:
+        while not self._eof and not (not self._whole and self._buffer.full(self._config.chunk_size, max_records)):
+            block = self._read_block()
+            if not block:
+                self._eof = True
+                break
+            self._buffer.feed(block)
+            if self._sniffing:
+                is_array = starts_json_array(self._buffer.head())
+                if is_array is not None:
+                    self._sniffing = False
+                    self._whole = is_array
+
+    def _read_block(self, size: int = _BLOCK) -> bytes:
+        if self._response is None:
+            return b""
+        try:
+            return self._response.read(size)
+        except (OSError, http.client.HTTPException) as exc:
+            self._close_response()
+            raise TransportError(f"url_input: reading the body of {self._url} failed: {exc!r}") from exc
+
+    def _open(self, start: int) -> None:
+        self._close_response()
+        self._buffer = LineBuffer()
+        self._offset = start
+        self._eof = False
+        self._whole = not self._split
+        self._sniffing = self._split and self._sniff_array and start == 0
+        headers = {str(k): _header_value(v) for k, v in self._config.headers.items()}
+        if start:
+            headers["Range"] = f"bytes={start}-"
+        request = urllib.request.Request(self._url, headers=headers, method="GET")
+        try:
+            response = urllib.request.urlopen(request, timeout=self._config.timeout_seconds)  # noqa: S310
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code == 416 and start:
+                self._past_end(start, exc.headers.get("Content-Range"))
+                return
+            raise TransportError(f"url_input: GET {self._url} answered HTTP {exc.code} {exc.reason}") from None
+        except urllib.error.URLError as exc:
+            raise TransportError(f"url_input: GET {self._url} failed: {exc.reason}") from None
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            raise TransportError(f"url_input: GET {self._url} failed: {exc}") from None
+        self._response = response
+        if not start:
+            return
+        if response.status == 206:
+            first = _content_range_start(response.headers.get("Content-Range"))
+            if first != start:
+                self._close_response()
+                raise TransportError(
+                    f"url_input: GET {self._url} with Range bytes={start}- answered a range starting at {first}"
+                )
+            return
+        self._skip(start)
+
+    def _skip(self, count: int) -> None:
+        """The server sent the whole body: drop the ``count`` bytes already consumed."""
+        left = count
+        while left:
+            block = self._read_block(min(left, _BLOCK))
+            if not block:
+                self._close_response()
+                raise TransportError(
+                    f"url_input: the body of {self._url} has {count - left} bytes, fewer than the stored "
+                    f"position {count}; the resource changed since it was read"
+                )
+            left -= len(block)
+
+    def _past_end(self, start: int, content_range: str | None) -> None:
+        """416 on ``Range: bytes=N-``: the body was read to its end already (or it shrank)."""
+        match = re.fullmatch(r"bytes \*/(\d+)", (content_range or "").strip())
+        if match and int(match.group(1)) < start:
+            raise TransportError(
+                f"url_input: the body of {self._url} has {match.group(1)} bytes, fewer than the stored "
+                f"position {start}; the resource changed since it was read"
+            )
+        self._eof = True
+
+    def _close_response(self) -> None:
+        if self._response is not None:
+            self._response.close()
+            self._response = None
+
+
+def _content_range_start(value: str | None) -> int | None:
+    match = re.match(r"\s*bytes\s+(\d+)-", value or "")
+    return int(match.group(1)) if match else None
+
+
+def open_reader(ctx: TransportContext) -> UrlReader:
+    """Open a ``url_input`` reader (the request is made on the first read)."""
+    return UrlReader(ctx)

