@@ -1,0 +1,120 @@
+"""From a table of the project file to a Dagster ``AssetSpec`` (the dagster-sling / dagster-dlt translator idiom).
+
+Subclass :class:`ConnectorsTranslator` and override :meth:`~ConnectorsTranslator.get_asset_spec` to change keys,
+groups, kinds, owners or metadata; start from ``super().get_asset_spec(props).replace_attributes(...)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from connector_core.project import PipelineSpec, TableSpec
+
+#: Dagster allows at most this many kinds on one asset.
+MAX_KINDS = 10
+
+#: The kind shown for each transport (names Dagster's UI has icons for where one exists).
+TRANSPORT_KINDS = {
+    "datagen": "datagen",
+    "file_input": "file",
+    "url_input": "http",
+    "kafka_input": "kafka",
+    "postgres_input": "postgres",
+    "s3_input": "s3",
+    "command": "command",
+}
+
+
+def dagster_name(name: str) -> str:
+    """A pipeline (or table) name as a valid Dagster job/op/sensor/group name (``-`` becomes ``_``)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+@dataclass(frozen=True)
+class TableProps:
+    """What the translator is given for one table: its names and specs."""
+
+    pipeline_name: str
+    table_name: str
+    table: TableSpec
+    pipeline: PipelineSpec
+
+    @property
+    def endpoints(self) -> list[str]:
+        """``table.connector`` of every connector of the table, in file order."""
+        return [f"{self.table_name}.{c.name}" for c in self.table.connectors]
+
+
+class ConnectorsTranslator:
+    """Decides the ``AssetSpec`` of each table: key, group, kinds, owners, metadata and code version."""
+
+    def get_asset_spec(self, props: TableProps) -> dg.AssetSpec:
+        """The spec of one table's asset.
+
+        Key ``[pipeline, table]``, group = pipeline, kinds = its transports and the sink, owner
+        ``team:<org_slug>``, ``skippable`` (a table with no active connector materializes nothing),
+        ``dagster/column_schema`` and ``dagster/table_name`` metadata plus ``connectors/...`` metadata, and a
+        ``code_version`` hashing the table's configuration.
+        """
+        return dg.AssetSpec(
+            key=dg.AssetKey([props.pipeline_name, props.table_name]),
+            description=self._description(props),
+            group_name=dagster_name(props.pipeline_name),
+            kinds=self._kinds(props),
+            owners=[f"team:{props.pipeline.org_slug}"],
+            metadata=self._metadata(props),
+            code_version=table_code_version(props.table),
+            skippable=True,
+        )
+
+    @staticmethod
+    def _description(props: TableProps) -> str:
+        return (
+            f"Table `{props.table_name}` of pipeline `{props.pipeline_name}` in the {props.pipeline.sink.kind} "
+            f"sink, fed by {', '.join(f'`{e}`' for e in props.endpoints)}."
+        )
+
+    @staticmethod
+    def _kinds(props: TableProps) -> set[str]:
+        transports = [TRANSPORT_KINDS.get(c.transport.name, c.transport.name) for c in props.table.connectors]
+        sink = props.pipeline.sink.kind
+        ordered = [k for k in dict.fromkeys(transports) if k != sink][: MAX_KINDS - 1]
+        return {*ordered, sink}
+
+    @staticmethod
+    def _metadata(props: TableProps) -> dict[str, Any]:
+        metadata: dict[str, Any] = {"dagster/table_name": sink_table_name(props)}
+        if props.table.columns:
+            metadata["dagster/column_schema"] = dg.TableSchema(
+                columns=[dg.TableColumn(name=name, type=sql_type) for name, sql_type in props.table.columns.items()]
+            )
+        metadata["connectors/pipeline"] = props.pipeline_name
+        metadata["connectors/sink"] = props.pipeline.sink.kind
+        metadata["connectors/endpoints"] = dg.MetadataValue.json(props.endpoints)
+        metadata["connectors/transports"] = dg.MetadataValue.json(
+            {f"{props.table_name}.{c.name}": c.transport.name for c in props.table.connectors}
+        )
+        waits = {f"{props.table_name}.{c.name}": c.start_after for c in props.table.connectors if c.start_after}
+        if waits:
+            metadata["connectors/start_after"] = dg.MetadataValue.json(waits)
+        return metadata
+
+
+def sink_table_name(props: TableProps) -> str:
+    """The table's name in the sink: ``schema.table`` (DuckDB) or ``database.schema.table`` (Snowflake)."""
+    sink = props.pipeline.sink
+    if sink.kind == "snowflake":
+        return f"{sink.database}.{sink.schema_}.{props.table_name}"
+    return f"{sink.schema_}.{props.table_name}"
+
+
+def table_code_version(table: TableSpec) -> str:
+    """A short hash of a table's configuration (columns and connectors): changes when the file changes it."""
+    text = json.dumps(table.model_dump(mode="json", by_alias=True), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,131 @@
+"""The orchestration sensor of a pipeline (DESIGN §5): releases ``start_after`` connectors, requests ingest runs.
+
+Each tick reads every connector's state, starts the paused ``start_after`` connectors whose labels have all
+finished, and requests one run per table whose active connectors still have data left. The ``run_key`` is
+derived from the connectors' stored positions (``connector_core.orchestration.work_key``), so the same work is
+never launched twice, across ticks and daemon restarts alike. The cursor records the positions seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+import dagster as dg
+
+from connector_assets.translator import dagster_name
+from connector_core.orchestration import release_start_after, tables_with_work, work_key
+from connector_core.pipeline import Pipeline
+from connector_core.project import Project
+
+__all__ = ["PIPELINE_TAG", "TABLE_TAG", "build_orchestration_sensor", "orchestration_sensor_name"]
+
+PIPELINE_TAG = "connectors/pipeline"
+TABLE_TAG = "connectors/table"
+#: Runs in these states still hold a table's work: no second run is requested for that table meanwhile.
+UNFINISHED_RUN_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
+def orchestration_sensor_name(pipeline_name: str) -> str:
+    """``{pipeline}__orchestration``."""
+    return f"{dagster_name(pipeline_name)}__orchestration"
+
+
+def _busy_tables(
+    context: dg.SensorEvaluationContext,
+    pipeline_name: str,
+    asset_keys: Mapping[str, dg.AssetKey],
+    job_name: str | None,
+) -> set[str]:
+    """Tables of this pipeline that a queued or running run is materializing (empty without an instance).
+
+    A run requested by this sensor names its table in a tag; any other run (a materialization launched from
+    the UI, the whole ``{pipeline}__ingest`` job) counts for the tables in its asset selection.
+    """
+    try:
+        instance = context.instance
+    except dg.DagsterInvariantViolationError:  # a test context built without an instance
+        return set()
+    table_of = {key: table for table, key in asset_keys.items()}
+    busy: set[str] = set()
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED_RUN_STATUSES)):
+        if run.tags.get(PIPELINE_TAG) == pipeline_name and TABLE_TAG in run.tags:
+            busy.add(run.tags[TABLE_TAG])
+        elif run.asset_selection:
+            busy.update(table_of[key] for key in run.asset_selection if key in table_of)
+        elif job_name is not None and run.job_name == job_name:
+            busy.update(asset_keys)
+    return busy
+
+
+def build_orchestration_sensor(
+    pipeline_name: str,
+    project: Project,
+    state_dir: str | os.PathLike[str] | None,
+    asset_job_or_selection: dg.JobDefinition | dg.UnresolvedAssetJobDefinition | dg.AssetSelection,
+    asset_keys: Mapping[str, dg.AssetKey] | None = None,
+    minimum_interval_seconds: int = 10,
+) -> dg.SensorDefinition:
+    """The sensor ``{pipeline}__orchestration`` (running by default) targeting the pipeline's asset job.
+
+    ``asset_keys`` maps table -> asset key when a translator changed the default ``[pipeline, table]``.
+    """
+    keys = {table: dg.AssetKey([pipeline_name, table]) for table in project.pipeline(pipeline_name).tables}
+    keys.update(asset_keys or {})
+    job_name = getattr(asset_job_or_selection, "name", None)
+
+    @dg.sensor(
+        name=orchestration_sensor_name(pipeline_name),
+        target=asset_job_or_selection,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=minimum_interval_seconds,
+        description=(
+            f"Pipeline {pipeline_name}: starts start_after connectors whose labels finished and requests an ingest "
+            "run for each table whose active connectors have data left."
+        ),
+        tags={PIPELINE_TAG: pipeline_name},
+    )
+    def _orchestration(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        pipeline = Pipeline(project, pipeline_name, state_dir)
+        try:
+            started = release_start_after(pipeline)
+            if started:
+                context.log.info(f"{pipeline_name}: started {', '.join(started)} (start_after labels finished)")
+            status = pipeline.state.status
+            if status != "STARTED":
+                return dg.SkipReason(f"pipeline {pipeline_name} is {status}, not STARTED: nothing to ingest")
+            if not pipeline.state.scheduling_enabled:
+                return dg.SkipReason(f"pipeline {pipeline_name}: scheduling is off")
+            work = tables_with_work(pipeline)
+            if not work:
+                return dg.SkipReason(
+                    f"pipeline {pipeline_name}: no active connector has data left"
+                    + (f" (started {', '.join(started)})" if started else "")
+                )
+            busy = _busy_tables(context, pipeline_name, keys, job_name)
+            requests = [
+                dg.RunRequest(
+                    run_key=work_key(pipeline, table, handles),
+                    asset_selection=[keys[table]],
+                    tags={PIPELINE_TAG: pipeline_name, TABLE_TAG: table},
+                )
+                for table, handles in work.items()
+                if table not in busy
+            ]
+            if not requests:
+                return dg.SkipReason(
+                    f"pipeline {pipeline_name}: runs already in progress for {', '.join(sorted(work))}"
+                )
+            positions = {h.endpoint: h.state.position()[1] for h in pipeline.connectors()}
+            return dg.SensorResult(run_requests=requests, cursor=json.dumps({"batch_seq": positions}, sort_keys=True))
+        finally:
+            pipeline.close()
+
+    return _orchestration
