@@ -8,7 +8,6 @@ with ``dg.Failure`` carrying the response as JSON metadata, without retries.
 # time, and the ops are built in a factory whose config classes are local variables.
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -21,12 +20,8 @@ from connector_assets.assets import pipeline_resource_keys, run_resources
 from connector_assets.translator import dagster_name
 from connector_core.lifecycle import Hook, Lifecycle, Response
 from connector_core.pipeline import Pipeline
-from connector_core.project import Project
+from connector_core.project import Project, parse_setting_value
 from resources import ResourceClients
-
-ENV_REFERENCE = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
-INT_TEXT = re.compile(r"^-?(0|[1-9][0-9]*)$")
-FLOAT_TEXT = re.compile(r"^-?(0|[1-9][0-9]*)\.[0-9]+$")
 
 
 class PrerequisitesConfig(dg.Config):
@@ -94,24 +89,9 @@ class ConnectorConfig(dg.Config):
     connector: str = Field(description="Name of the connector inside the table.")
 
 
-def setting_value(text: str) -> Any:
-    """One Launchpad value, read as ``connectors --set`` reads it: ``env:NAME`` -> ``{"env": NAME}`` (a secret
-    reference), ``true``/``false`` -> bool, integers and decimals -> numbers, anything else -> the text."""
-    match = ENV_REFERENCE.match(text)
-    if match:
-        return {"env": match.group(1)}
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    if INT_TEXT.match(text):
-        return int(text)
-    if FLOAT_TEXT.match(text):
-        return float(text)
-    return text
-
-
 def setting_values(values: Mapping[str, str]) -> dict[str, Any]:
-    """Launchpad values (all text) as typed settings; see :func:`setting_value`."""
-    return {key: setting_value(value) for key, value in values.items()}
+    """Launchpad values (all text) as typed settings; see ``connector_core.project.parse_setting_value``."""
+    return {key: parse_setting_value(value) for key, value in values.items()}
 
 
 Call = Callable[[Lifecycle, Any], Response]

@@ -727,5 +727,6 @@ def _check_identifiers(values: dict[str, Any]) -> Response | None:
 
 
 def _cause(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0] if len(text) > 300 else text
+    """An exception as one readable line: its type when it has no text, long texts cut to 500 characters."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    return text if len(text) <= 500 else text[:497] + "..."

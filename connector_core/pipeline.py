@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from connector_core.project import (
-    SECRET_KEYS,
     ConnectorSpec,
     EnvSecret,
     PipelineSpec,
     Project,
     connector_labels,
+    is_secret_key,
 )
 from connector_core.state import ConnectorState, PipelineState, StateStore
 
@@ -30,7 +30,7 @@ def mask_secrets(value: Any, key: str = "") -> Any:
         return {k: mask_secrets(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [mask_secrets(v, key) for v in value]
-    if key.lower() in SECRET_KEYS or any(word in key.lower() for word in ("password", "secret", "token")):
+    if is_secret_key(key):
         return MASK
     return value
 

@@ -128,6 +128,35 @@ Connection = Annotated[
 
 #: Keys of each connection kind that hold secrets; they can only be given as ``{env: NAME}``.
 SECRET_KEYS = {"password", "dsn", "aws_secret_access_key", "sasl.password", "ssl.key.password", "token"}
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_INT_TEXT = re.compile(r"^-?(0|[1-9][0-9]*)$")
+_FLOAT_TEXT = re.compile(r"^-?(0|[1-9][0-9]*)\.[0-9]+$")
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a configuration key holds a secret (only ``{env: NAME}`` references are accepted for it)."""
+    lowered = key.lower()
+    return lowered in SECRET_KEYS or any(word in lowered for word in ("password", "secret", "token"))
+
+
+def parse_setting_value(text: str) -> Any:
+    """A ``key=value`` value typed in by a user (CLI ``--set``, Launchpad): ``env:NAME`` -> ``{"env": NAME}``,
+    ``true``/``false`` -> bool, integers and decimals -> numbers (``007`` stays text), anything else -> text.
+
+    Raises :class:`ValueError` for ``env:`` not followed by a variable name.
+    """
+    if text.startswith("env:"):
+        name = text[len("env:") :]
+        if not _ENV_NAME.fullmatch(name):
+            raise ValueError(f"{text!r}: env: must be followed by an environment variable name")
+        return {"env": name}
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if _INT_TEXT.fullmatch(text):
+        return int(text)
+    if _FLOAT_TEXT.fullmatch(text):
+        return float(text)
+    return text
 
 
 # ----------------------------------------------------------------------------------------------------- sinks

@@ -7,6 +7,7 @@ Connections of the project file become resources keyed ``{pipeline}__{connection
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -200,9 +201,32 @@ class ResourceClients:
         return sorted(set(buckets))
 
 
+class _ResourcesOnFirstUse(Mapping[str, Any]):
+    """Resources initialized (``EnvVar``s resolved) when first used, so one connection's unset secret does not
+    block steps that use other connections (or the command that repairs it)."""
+
+    def __init__(self, resources: Mapping[str, dg.ConfigurableResource]):
+        self._resources = dict(resources)
+        self._initialized: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._initialized:
+            try:
+                self._initialized[key] = self._resources[key].process_config_and_initialize()
+            except Exception as exc:
+                missing = re.findall(r'environment variable "(\w+)" which is not set', str(exc))
+                if missing:
+                    raise RuntimeError(f"environment variable(s) {', '.join(missing)} not set") from None
+                raise
+        return self._initialized[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._resources)
+
+    def __len__(self) -> int:
+        return len(self._resources)
+
+
 def build_clients(pipeline: Pipeline) -> ResourceClients:
-    """Clients for use outside a Dagster run (the CLI): resources built and their EnvVars resolved now."""
-    resources = {
-        key: resource.process_config_and_initialize() for key, resource in build_pipeline_resources(pipeline).items()
-    }
-    return ResourceClients(pipeline, resources)
+    """Clients for use outside a Dagster run (the CLI): each resource is initialized when first used."""
+    return ResourceClients(pipeline, _ResourcesOnFirstUse(build_pipeline_resources(pipeline)))
