@@ -1,12 +1,57 @@
-"""One batch of one connector: read -> parse -> process -> write rows and position together -> commit metrics."""
+"""One batch of one connector: read -> parse -> process -> write rows and position together -> commit metrics.
+
+Exactly once
+============
+The **sink is the source of truth** for where each connector stands. Beside the rows, every sink keeps one
+:class:`~connector_core.sinks.SinkMark` per connector in its table ``_connector_positions``: the source position
+just after the last committed batch, that batch's sequence number and the connector's cumulative record and byte
+totals. A batch's rows and its new mark are written in **one sink transaction** (DuckDB transaction, Snowflake
+``BEGIN``/``COMMIT``), so they are never committed apart. The connector's SQLite database holds a *mirror* of the
+position and the metrics, updated after the sink commit.
+
+A batch runs these steps; a ``kill -9`` may hit between any two:
+
+1. read the connector's mark from the sink and **reconcile**: when the connector database's ``batch_seq`` is not
+   the mark's, its position, sequence number and totals are brought to the mark (the missing records and bytes
+   are the difference of the cumulative totals);
+2. read from the transport **from the mark's position**;
+3. parse, process and cast the records (memory only);
+4. one sink transaction: rows + mark ``batch_seq + 1``;
+5. one SQLite transaction: position, metrics, parse errors and hourly stats (``ConnectorState.commit_batch``).
+
+A crash before step 4 commits leaves nothing behind: the next run reads again from the same position. A crash
+after step 4 but before step 5 leaves the rows and the mark in the sink: the next run's step 1 catches the
+connector database up and reads on from the mark's position. Either way no row is lost or written twice. Two runs
+ingesting the same connector at once cannot both commit a batch: the sink only accepts a mark whose ``batch_seq``
+follows the stored one, so the second transaction rolls back. What a crash between steps 4 and 5 does lose is
+the detail of that batch's parse errors (their count and messages); records and bytes are recovered exactly.
+
+Transports must therefore resume exactly from a position they returned (a byte offset, a record count, Kafka
+offsets...): every transport's ``read(position, ...)`` returns the records after ``position``.
+"""
 
 from __future__ import annotations
 
+import importlib
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
 
 from connector_core.clients import ConnectionClients
+from connector_core.formats import ParsedBatch, conform, empty_table, parse
 from connector_core.pipeline import ConnectorHandle, Pipeline
+from connector_core.project import Format, Processor
+from connector_core.sinks import Sink, SinkMark, open_sink
+from connector_core.state import BatchCommit
+from connector_core.transports import TransportContext, TransportError, TransportReader, open_transport
+
+#: Seconds a command processor may run on one batch.
+COMMAND_TIMEOUT_SECONDS = 300
 
 
 @dataclass
@@ -23,6 +68,7 @@ class BatchReport:
     buffered_records: int = 0
     seconds: float = 0.0
     skipped_reason: str | None = None
+    error: str | None = None  #: the transport or processor error that stopped this batch
 
 
 @dataclass
@@ -33,22 +79,342 @@ class TableReport:
     batches: list[BatchReport] = field(default_factory=list)
     skipped_reason: str | None = None  #: why nothing was ingested (no active connector...)
     row_count: int = 0  #: rows in the sink table afterwards
+    seconds: float = 0.0
+
+    @property
+    def records(self) -> int:
+        """Records written by every batch."""
+        return sum(batch.records for batch in self.batches)
+
+    @property
+    def bytes(self) -> int:
+        """Bytes read by every batch."""
+        return sum(batch.bytes for batch in self.batches)
+
+
+class ProcessorError(RuntimeError):
+    """A processor that failed on a batch (the batch is not committed and will be read again)."""
+
+
+TableStep = Callable[[pa.Table], pa.Table]
+
+
+def load_processor(processor: Processor, pipeline: Pipeline) -> TableStep:
+    """A processor as a function from Arrow table to Arrow table.
+
+    ``python``: ``module:function`` (the project folder is importable); ``command``: the records go to the
+    program's stdin as JSON lines and its stdout's JSON lines are the new records.
+    """
+    if processor.kind == "python":
+        assert processor.function is not None
+        module_name, _, function_name = processor.function.partition(":")
+        if not module_name or not function_name:
+            raise ValueError(f"processor function {processor.function!r} must be written 'module:function'")
+        base = str(pipeline.base_dir)
+        if base not in sys.path:
+            sys.path.append(base)
+        try:
+            function = getattr(importlib.import_module(module_name), function_name)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"cannot load processor {processor.function!r}: {exc}") from exc
+        if not callable(function):
+            raise ValueError(f"processor {processor.function!r} is not callable")
+
+        def run_python(table: pa.Table) -> pa.Table:
+            try:
+                result = function(table)
+            except Exception as exc:  # the user's code: report it, keep the batch for a retry
+                raise ProcessorError(f"processor {processor.function} failed: {exc!r}") from exc
+            if not isinstance(result, pa.Table):
+                raise ProcessorError(
+                    f"processor {processor.function} returned {type(result).__name__}, not a pyarrow.Table"
+                )
+            return result
+
+        return run_python
+
+    assert processor.command is not None
+    command = list(processor.command)
+
+    def run_command(table: pa.Table) -> pa.Table:
+        if not table.num_rows:
+            return table
+        lines = table.to_pandas().to_json(orient="records", lines=True, date_format="iso", date_unit="us")
+        try:
+            done = subprocess.run(
+                command,
+                input=lines.encode(),
+                capture_output=True,
+                cwd=pipeline.base_dir,
+                timeout=COMMAND_TIMEOUT_SECONDS,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ProcessorError(f"processor command {command} failed: {exc}") from exc
+        if done.returncode != 0:
+            stderr = done.stderr.decode(errors="replace").strip()[-500:]
+            raise ProcessorError(f"processor command {command} exited with {done.returncode}: {stderr}")
+        parsed = parse(done.stdout, Format(name="json"), table.schema)
+        if parsed.errors:
+            index, reason = parsed.errors[0]
+            raise ProcessorError(
+                f"processor command {command} wrote {len(parsed.errors)} unreadable line(s), "
+                f"first at line {index}: {reason}"
+            )
+        return parsed.table
+
+    return run_command
 
 
 class IngestSession:
     """Open transports and the sink of one pipeline; reused across batches of one run."""
 
     def __init__(self, pipeline: Pipeline, clients: ConnectionClients, log: Callable[[str], None] = print):
-        raise NotImplementedError
+        self.pipeline = pipeline
+        self.clients = clients
+        self.log = log
+        self._sink: Sink | None = None
+        self._readers: dict[str, TransportReader] = {}
+        self._processors: dict[str, list[TableStep]] = {}
+        self._schemas: dict[str, pa.Schema] = {}
 
+    @property
+    def sink(self) -> Sink:
+        """The pipeline's sink (opened on first use)."""
+        if self._sink is None:
+            self._sink = open_sink(self.pipeline, self.clients, hold_connection=True)
+        return self._sink
+
+    # ----------------------------------------------------------------------------------------------- batch
     def ingest_batch(self, handle: ConnectorHandle) -> BatchReport:
         """Ingest one bounded batch of one connector (it must be active; else a skipped report)."""
-        raise NotImplementedError
+        started = time.monotonic()
+        report = BatchReport(endpoint=handle.endpoint, connector_id=handle.connector_id)
+        if not self.pipeline.is_active(handle):
+            report.skipped_reason = self._inactive_reason(handle)
+            return report
+        try:
+            self._ingest(handle, report)
+        except (TransportError, ProcessorError) as exc:
+            self._drop_reader(handle.connector_id)
+            handle.state.record_transport_error(str(exc))
+            report.transport_errors += 1
+            report.error = str(exc)
+            self.log(f"{handle.endpoint}: {exc}")
+        report.seconds = time.monotonic() - started
+        return report
 
+    def _inactive_reason(self, handle: ConnectorHandle) -> str:
+        if not self.pipeline.is_started():
+            return f"pipeline {self.pipeline.name} is {self.pipeline.state.status}, not STARTED"
+        return f"connector {handle.endpoint} is Paused"
+
+    def _ingest(self, handle: ConnectorHandle, report: BatchReport) -> None:
+        mark = self.sink.mark(handle.connector_id)
+        base = self._reconcile(handle, mark)
+        reader = self._reader(handle)
+        try:
+            result = reader.read(base.position, handle.spec.max_batch_size)
+        except OSError as exc:
+            raise TransportError(f"{handle.endpoint}: {exc}") from exc
+        report.end_of_input = result.end_of_input
+        report.buffered_records = result.buffered_records
+        has_data = result.data is not None and (
+            result.data.num_rows > 0 if isinstance(result.data, pa.Table) else len(result.data) > 0
+        )
+        if not has_data and result.position == base.position:
+            for message in result.transport_errors:
+                handle.state.record_transport_error(message)
+            report.transport_errors += len(result.transport_errors)
+            handle.state.update_progress(result.buffered_records, result.end_of_input)
+            return
+
+        parsed = self._records(handle, result.data, result.starts_object)
+        rows = parsed.table
+        nbytes = result.bytes_read or (rows.nbytes if isinstance(result.data, pa.Table) else 0)
+        new_mark = SinkMark(
+            connector_id=handle.connector_id,
+            position=result.position,
+            batch_seq=base.batch_seq + 1,
+            total_records=base.total_records + rows.num_rows,
+            total_bytes=base.total_bytes + nbytes,
+        )
+        self.sink.write(handle.table, rows, new_mark)
+        handle.state.commit_batch(
+            BatchCommit(
+                position=result.position,
+                batch_seq=new_mark.batch_seq,
+                records=rows.num_rows,
+                bytes=nbytes,
+                end_of_input=result.end_of_input,
+                buffered_records=result.buffered_records,
+                parse_errors=parsed.errors,
+                transport_errors=len(result.transport_errors),
+            )
+        )
+        report.records = rows.num_rows
+        report.bytes = nbytes
+        report.parse_errors = len(parsed.errors)
+        report.transport_errors += len(result.transport_errors)
+
+    def _reconcile(self, handle: ConnectorHandle, mark: SinkMark | None) -> SinkMark:
+        """Bring the connector database to the sink's mark (the truth); return the mark to resume from."""
+        truth = mark or SinkMark(handle.connector_id, None, 0, 0, 0)
+        _, stored_seq = handle.state.position()
+        if stored_seq == truth.batch_seq:
+            return truth
+        metrics = handle.state.metrics()
+        handle.state.commit_batch(
+            BatchCommit(
+                position=truth.position,
+                batch_seq=truth.batch_seq,
+                records=truth.total_records - metrics.total_records,
+                bytes=truth.total_bytes - metrics.total_bytes,
+                end_of_input=metrics.end_of_input,
+                buffered_records=metrics.buffered_records,
+                fatal_error=metrics.fatal_error,
+            )
+        )
+        self.log(
+            f"{handle.endpoint}: state database was at batch {stored_seq}, sink at batch {truth.batch_seq}; "
+            "caught up with the sink"
+        )
+        return truth
+
+    def _records(self, handle: ConnectorHandle, data: bytes | pa.Table | None, starts_object: bool) -> ParsedBatch:
+        """Parse, process and cast one piece of input to the sink table (creating the table when needed)."""
+        table = handle.table
+        schema = self._table_schema(table)
+        if isinstance(data, pa.Table):
+            parsed = conform(data, schema) if schema is not None else ParsedBatch(data)
+        elif data:
+            fmt = handle.spec.format
+            if fmt is None:
+                raise TransportError(f"{handle.endpoint}: the transport returned bytes but no format is set")
+            parsed = parse(bytes(data), fmt, schema, starts_object)
+        else:
+            parsed = ParsedBatch(empty_table(schema))
+        rows = parsed.table
+        for step in self._processor_steps(handle):
+            rows = step(rows)
+        if schema is None and rows.num_columns:
+            schema = self._ensure_table(table, None, rows.schema)
+        if schema is not None:
+            cast = conform(rows, schema)
+            return ParsedBatch(cast.table, sorted(parsed.errors + cast.errors))
+        return ParsedBatch(empty_table(None), parsed.errors)
+
+    def _table_schema(self, table: str) -> pa.Schema | None:
+        if table not in self._schemas:
+            schema = self.sink.table_schema(table)
+            columns = self.pipeline.spec.tables[table].columns
+            if schema is None and columns:
+                schema = self._ensure_table(table, columns, None)
+            if schema is None:
+                return None
+            self._schemas[table] = schema
+        return self._schemas[table]
+
+    def _ensure_table(self, table: str, columns: dict[str, str] | None, inferred: pa.Schema | None) -> pa.Schema:
+        schema = self.sink.ensure_table(table, columns, inferred)
+        self._schemas[table] = schema
+        return schema
+
+    def _reader(self, handle: ConnectorHandle) -> TransportReader:
+        reader = self._readers.get(handle.connector_id)
+        if reader is None:
+            context = TransportContext(
+                pipeline=self.pipeline.name,
+                table=handle.table,
+                connector=handle.spec,
+                columns=self.pipeline.spec.tables[handle.table].columns,
+                base_dir=self.pipeline.base_dir,
+                clients=self.clients,
+                log=self.log,
+            )
+            reader = open_transport(context)
+            self._readers[handle.connector_id] = reader
+        return reader
+
+    def can_finish(self, handle: ConnectorHandle) -> bool:
+        """Whether the connector's transport can reach end of input (a transport that fails to open counts as
+        one that can: its next batch reports the error)."""
+        try:
+            return self._reader(handle).can_finish
+        except TransportError:
+            return True
+
+    def _drop_reader(self, connector_id: str) -> None:
+        reader = self._readers.pop(connector_id, None)
+        if reader is not None:
+            try:
+                reader.close()
+            except Exception as exc:  # closing a broken transport must not hide the first error
+                self.log(f"closing transport of {connector_id} failed: {exc}")
+
+    def _processor_steps(self, handle: ConnectorHandle) -> list[TableStep]:
+        if handle.connector_id not in self._processors:
+            self._processors[handle.connector_id] = [
+                load_processor(processor, self.pipeline) for processor in handle.spec.processors
+            ]
+        return self._processors[handle.connector_id]
+
+    # ----------------------------------------------------------------------------------------------- table
     def ingest_table(self, table: str) -> TableReport:
         """One batch from each active connector of ``table``; says why when none is active."""
-        raise NotImplementedError
+        started = time.monotonic()
+        if table not in self.pipeline.spec.tables:
+            raise LookupError(
+                f"no table {table!r} in pipeline {self.pipeline.name}; tables: {', '.join(self.pipeline.spec.tables)}"
+            )
+        report = TableReport(table=table)
+        if not self.pipeline.is_started():
+            report.skipped_reason = (
+                f"pipeline {self.pipeline.name} is {self.pipeline.state.status}, not STARTED; nothing is ingested"
+            )
+        else:
+            paused, finished, ready = [], [], []
+            for handle in self.pipeline.connectors(table):
+                if not handle.state.running:
+                    paused.append(handle.endpoint)
+                elif handle.state.metrics().finished:
+                    finished.append(handle.endpoint)
+                else:
+                    ready.append(handle)
+            for handle in ready:
+                report.batches.append(self.ingest_batch(handle))
+            if not ready:
+                report.skipped_reason = _nothing_to_ingest(table, paused, finished)
+        report.row_count = self._row_count(table)
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _row_count(self, table: str) -> int:
+        try:
+            return self.sink.row_count(table)
+        except Exception as exc:  # an unreachable sink must not hide the report
+            self.log(f"cannot count rows of {table}: {exc}")
+            return 0
 
     def close(self) -> None:
         """Close transports and the sink."""
-        raise NotImplementedError
+        for connector_id in list(self._readers):
+            self._drop_reader(connector_id)
+        close_sink = getattr(self._sink, "close", None)
+        if callable(close_sink):
+            close_sink()
+        self._sink = None
+
+    def __enter__(self) -> IngestSession:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+def _nothing_to_ingest(table: str, paused: list[str], finished: list[str]) -> str:
+    if paused and not finished:
+        return f"every connector of table {table} is paused ({', '.join(paused)})"
+    if finished and not paused:
+        return f"every connector of table {table} has finished (end of input): {', '.join(finished)}"
+    return f"no connector of table {table} has data left: paused {', '.join(paused)}; finished {', '.join(finished)}"

@@ -284,8 +284,9 @@ class Lifecycle:
                     state.put(conn, "scheduling", "on" if step.scheduling else "off")
                 if final_status:
                     state.put(conn, "status", final_status)
+                before = step.intermediate or status
                 state.add_event(
-                    conn, step.procedure, status, final_status or status, OK, step.done_message, step.values
+                    conn, step.procedure, before, final_status or status, OK, step.done_message, step.values
                 )
         except sqlite3.Error as exc:
             return self._roll_back(step, status, Response(ROLLBACK_CODE, f"could not store the new state: {exc}"))

@@ -63,8 +63,9 @@ def tables_with_work(pipeline: Pipeline) -> dict[str, list[ConnectorHandle]]:
 
 
 def work_key(pipeline: Pipeline, table: str, handles: list[ConnectorHandle]) -> str:
-    """A run key from the connectors' stored positions: the same work is never requested twice."""
-    parts = [f"{h.connector_id}:{h.state.position()[1]}" for h in handles]
+    """A run key from the connectors' read counters: the same work is never requested twice, and every read
+    (even one that found nothing new) lets the next run be requested."""
+    parts = [f"{h.connector_id}:{h.state.reads()}" for h in handles]
     digest = hashlib.sha256("|".join(sorted(parts)).encode()).hexdigest()[:16]
     return f"{pipeline.name}.{table}.{digest}"
 
@@ -88,11 +89,14 @@ def run_pipeline(
     session: IngestSession,
     progress: Callable[[str], None] = print,
     max_seconds: float | None = None,
+    max_consecutive_errors: int = 3,
 ) -> RunSummary:
     """Ingest headless until every connector that can finish has finished, applying ``start_after`` between batches.
 
     Connectors that never finish (a Kafka topic without partition EOF, a followed file, an endless datagen) are
-    ingested while others still have work, and do not hold the run open. ``max_seconds`` bounds the run.
+    ingested while others still have work, and do not hold the run open. ``max_seconds`` bounds the run. A
+    connector whose reads fail ``max_consecutive_errors`` times in a row gets a fatal error and is left alone
+    until it is started again.
     """
     summary = RunSummary()
     if not pipeline.is_started():
@@ -101,6 +105,7 @@ def run_pipeline(
         return summary
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     idle_rounds = 0
+    failures: dict[str, int] = {}
     while True:
         released = release_start_after(pipeline)
         for endpoint in released:
@@ -119,6 +124,11 @@ def run_pipeline(
             report = session.ingest_batch(handle)
             summary.batches.append(report)
             round_records += report.records
+            failures[handle.connector_id] = failures.get(handle.connector_id, 0) + 1 if report.error else 0
+            if failures[handle.connector_id] >= max_consecutive_errors:
+                message = f"stopped after {max_consecutive_errors} consecutive transport errors; last: {report.error}"
+                handle.state.set_fatal_error(message)
+                progress(f"{handle.endpoint}: {message} (`connectors connector ... start` retries it)")
             if report.records or report.parse_errors or report.transport_errors:
                 progress(
                     f"{handle.endpoint}: +{report.records} records, {report.parse_errors} parse errors, "

@@ -86,6 +86,9 @@ CONNECTOR_MIGRATIONS: Sequence[str] = (
     INSERT INTO offsets (id) VALUES (1);
     INSERT INTO metrics (id) VALUES (1);
     """,
+    # 2: every read counts, also one that found nothing new, so the sensor's run keys move on for sources
+    # that never finish (Kafka, followed files).
+    "ALTER TABLE offsets ADD COLUMN reads INTEGER NOT NULL DEFAULT 0",
 )
 
 
@@ -423,6 +426,10 @@ class ConnectorState(StateDB):
         row = self.query("SELECT position, batch_seq FROM offsets WHERE id = 1")[0]
         return (json.loads(row["position"]) if row["position"] else None), row["batch_seq"]
 
+    def reads(self) -> int:
+        """How many reads the connector made, including those that found nothing new."""
+        return self.query("SELECT reads FROM offsets WHERE id = 1")[0]["reads"]
+
     def metrics(self) -> ConnectorMetrics:
         """The current counters."""
         row = self.query("SELECT * FROM metrics WHERE id = 1")[0]
@@ -450,7 +457,7 @@ class ConnectorState(StateDB):
         now = utc_now()
         with self.transaction() as conn:
             conn.execute(
-                "UPDATE offsets SET position = ?, batch_seq = ?, updated_at = ? WHERE id = 1",
+                "UPDATE offsets SET position = ?, batch_seq = ?, updated_at = ?, reads = reads + 1 WHERE id = 1",
                 (json.dumps(batch.position), batch.batch_seq, now),
             )
             conn.execute(
@@ -486,8 +493,15 @@ class ConnectorState(StateDB):
                 "fatal_error = CASE WHEN ? THEN ? ELSE fatal_error END WHERE id = 1",
                 (int(fatal), message),
             )
+            conn.execute("UPDATE offsets SET reads = reads + 1 WHERE id = 1")
             self._add_hourly(conn, 0, 0, 0, 1)
             self._event(conn, "transport_error", message)
+
+    def set_fatal_error(self, message: str) -> None:
+        """Stop the connector's ingestion until it is started again (``start`` clears the error)."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE metrics SET fatal_error = ? WHERE id = 1", (message,))
+            self._event(conn, "fatal_error", message)
 
     def clear_fatal_error(self) -> None:
         """Forget the fatal error, so that a restarted connector tries again."""
@@ -501,6 +515,7 @@ class ConnectorState(StateDB):
                 "UPDATE metrics SET buffered_records = ?, end_of_input = ? WHERE id = 1",
                 (buffered_records, int(end_of_input)),
             )
+            conn.execute("UPDATE offsets SET reads = reads + 1 WHERE id = 1")
 
     @staticmethod
     def _add_hourly(conn: sqlite3.Connection, records: int, nbytes: int, parse: int, transport: int) -> None:

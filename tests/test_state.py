@@ -61,15 +61,16 @@ def test_migration_from_an_older_schema(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.executescript(CONNECTOR_MIGRATIONS[0])  # a database written by version 1 of the schema
     conn.execute("INSERT INTO runtime VALUES ('state', 'Paused')")
-    conn.execute("PRAGMA user_version = 1")
+    conn.execute("PRAGMA user_version = 1")  # written before migration 2 added offsets.reads
     conn.commit()
     conn.close()
     newer = (*CONNECTOR_MIGRATIONS, "ALTER TABLE runtime ADD COLUMN note TEXT")
     from connector_core.state import StateDB
 
     db = StateDB(path, newer)
-    assert db.schema_version == 2
+    assert db.schema_version == len(newer)
     assert db.query("SELECT value, note FROM runtime")[0][:] == ("Paused", None)  # data kept, column added
+    assert db.query("SELECT reads FROM offsets")[0][0] == 0
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:

@@ -1,0 +1,220 @@
+"""Ingestion benchmark: file_input -> json -> DuckDB sink, against DuckDB's own ``read_json`` of the same file.
+
+Run ``.venv/bin/python benchmarks/ingest.py`` (1,000,000 records, ~80 MB, then a 3x file for memory) or add
+``--quick`` (100,000 records, no memory run). It prints the records/s of both, the connector's peak memory
+(``ru_maxrss`` of a child process that only runs the connector; the imports alone are ~130 MB), the peak on a
+file ``--scale`` times larger (it must not grow with the file: the connector holds one chunk at a time), and
+last ``ratio=<connector records/s / baseline records/s>``. Both sides are timed from opening the database to
+closing it (the close holds DuckDB's last checkpoint); the best of ``--repeat`` runs counts.
+
+Goal: ratio >= 0.7 and peak < 500 MB. Measured on the 2-core machine this was written on: baseline 0.33 s,
+connector 0.59 s, ratio 0.55-0.60; peak 347 MB, 367 MB on the 3x file. The memory goal is met; the ratio is not,
+for these measured reasons:
+
+* The baseline is one DuckDB pipeline: its yyjson reader parses the 80 MB and appends to the table in one
+  transaction, ~0.62 CPU-seconds spread over both cores.
+* The connector must hand records over as Arrow (the sink takes Arrow tables; parse errors are found per
+  record). Per run: ``pyarrow.json.read_json`` with the explicit schema 0.22-0.25 s wall (~0.45 CPU-s; 1.7x the
+  CPU of DuckDB's reader), ``INSERT ... BY NAME SELECT * FROM <arrow>`` 0.19-0.21 s wall (~0.35 CPU-s, about
+  the baseline's own append), reading the chunks into ``bytes`` 0.07 s (page faults on fresh 32 MB buffers),
+  marks, transactions and state commits ~0.04 s, Python ~0.03 s.
+* Parsing and inserting each already keep both cores busy, so overlapping them gains nothing: DuckDB scanning
+  pyarrow's streaming JSON reader (parse and insert interleaved) took 0.44-0.63 s against 0.44-0.69 s one
+  after the other, and a read-ahead thread parsing chunk n+1 during the insert of chunk n 0.57-0.68 s against
+  0.55-0.58 s without it. The floor of the Arrow path on 2 cores is ~(0.45 + 0.35) CPU-s / 2 ~= 0.4 s, i.e.
+  ratio <= ~0.8 with zero overhead.
+* What was tuned: 32 MB chunks (with 16 MB chunks each transaction ends in a partial DuckDB row group and the
+  run takes ~1.1 s, mostly checkpointing; 64 MB gains nothing and costs ~80 MB more memory), JSON block size
+  chunk / 4 / cores (2-8 MB, all within noise; 1 MB is 40% slower), inserts with ``preserve_insertion_order``
+  off (0.19 s instead of 0.35 s per 1M rows), one DuckDB connection held for the session (no reopen or
+  checkpoint per batch), exact ``pread`` of each chunk (no copy when cutting at the last newline).
+* What would reach 0.7: parsing JSON with DuckDB's reader instead of pyarrow's (measured 0.20 s instead of
+  0.28 s for the same chunks, fed through a tmpfs file). Not done: the JSON fast path is pyarrow by design, and
+  DuckDB's casting rules ("12" into BIGINT accepted, 12 into VARCHAR accepted) would change which records are
+  parse errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+COLUMNS = {"id": "BIGINT", "part": "BIGINT", "vendor": "VARCHAR", "price": "DOUBLE", "name": "VARCHAR"}
+VENDORS = ["acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "tyrell"]
+
+
+def generate(path: Path, records: int) -> int:
+    """Write ``records`` JSON lines (vectorised with pyarrow/numpy); return the file size."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    block = 200_000
+    with open(path, "wb") as out:
+        for start in range(0, records, block):
+            ids = np.arange(start, min(records, start + block), dtype=np.int64)
+            id_text = pc.cast(pa.array(ids), pa.string())
+            part_text = pc.cast(pa.array(ids % 5000), pa.string())
+            vendor = pa.array(VENDORS).take(pa.array(ids % len(VENDORS)))
+            price_text = pc.cast(pa.array((ids * 37 % 100_000) / 100.0), pa.string())
+            line = pc.binary_join_element_wise(
+                '{"id":', id_text, ',"part":', part_text, ',"vendor":"', vendor, '","price":', price_text,
+                ',"name":"item ', id_text, '"}\n', "",
+            )
+            out.write("".join(line.to_pylist()).encode())
+    return path.stat().st_size
+
+
+def baseline(path: Path, workdir: Path) -> float:
+    """Seconds DuckDB takes to load ``path`` into a new table of a new database file (connect to close)."""
+    import duckdb
+
+    database = workdir / "baseline.duckdb"
+    database.unlink(missing_ok=True)
+    columns = ", ".join(f"{name}: '{sql_type}'" for name, sql_type in COLUMNS.items())
+    started = time.perf_counter()
+    conn = duckdb.connect(str(database))
+    conn.execute(
+        f"CREATE TABLE t AS SELECT * FROM read_json('{path}', format = 'newline_delimited', columns = {{{columns}}})"
+    )
+    conn.close()
+    return time.perf_counter() - started
+
+
+def run_connector(path: Path, workdir: Path, chunk_mb: int) -> dict[str, float]:
+    """Ingest ``path`` with the connector in this process; report seconds, rows and peak memory."""
+    from dagster_duckdb import DuckDBResource
+
+    from connector_core.ingest import IngestSession
+    from connector_core.pipeline import Pipeline
+    from connector_core.project import parse_project
+
+    class Clients:
+        def __init__(self, database: Path):
+            self.resource = DuckDBResource(database=str(database))
+
+        def duckdb_connection(self):  # noqa: ANN201 - the ConnectionClients method the sink needs
+            return self.resource.get_connection()
+
+    run_dir = workdir / f"run-{os.getpid()}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir()
+    project = parse_project(
+        {
+            "pipelines": {
+                "bench": {
+                    "tables": {
+                        "items": {
+                            "columns": COLUMNS,
+                            "connectors": [
+                                {
+                                    "name": "file",
+                                    "max_batch_size": 10_000_000,
+                                    "transport": {
+                                        "name": "file_input",
+                                        "config": {"path": str(path), "chunk_size": chunk_mb << 20},
+                                    },
+                                    "format": {"name": "json"},
+                                }
+                            ],
+                        }
+                    }
+                }
+            }
+        }
+    )
+    pipeline = Pipeline(project, "bench", state_dir=run_dir / "state")
+    with pipeline.state.transaction() as conn:
+        pipeline.state.put(conn, "status", "STARTED")
+    handle = pipeline.connector("items", "file")
+    session = IngestSession(pipeline, Clients(run_dir / "warehouse.duckdb"), log=lambda _: None)
+    started = time.perf_counter()
+    while not handle.state.metrics().finished:
+        report = session.ingest_batch(handle)
+        if report.error:
+            raise SystemExit(report.error)
+    rows = session.sink.row_count("items")
+    session.close()  # the sink's last checkpoint belongs to the load, as the baseline's close does
+    seconds = time.perf_counter() - started
+    pipeline.close()
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return {"seconds": seconds, "rows": rows, "peak_mb": peak_kb / 1024}
+
+
+def connector_in_child(path: Path, workdir: Path, chunk_mb: int) -> dict[str, float]:
+    """Run the connector in a fresh interpreter so its ``ru_maxrss`` is the connector's own peak."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", str(path), "--workdir", str(workdir), "--chunk-mb", str(chunk_mb)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true", help="100,000 records and no scaled run")
+    parser.add_argument("--scale", type=int, default=3, help="size factor of the memory run (0: skip it)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each side; the best counts")
+    parser.add_argument("--chunk-mb", type=int, default=32, help="file_input chunk_size in MB")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        print(json.dumps(run_connector(args.child, args.workdir, args.chunk_mb)))
+        return
+
+    records = 100_000 if args.quick else args.records
+    scale = 0 if args.quick else args.scale
+    with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
+        workdir = Path(tmp)
+        data = workdir / "items.jsonl"
+        size = generate(data, records)
+        print(f"input: {records:,} records, {size / 1e6:.1f} MB of JSON lines")
+
+        base_seconds = min(baseline(data, workdir) for _ in range(args.repeat))
+        runs = [connector_in_child(data, workdir, args.chunk_mb) for _ in range(args.repeat)]
+        best = min(runs, key=lambda r: r["seconds"])
+        if best["rows"] != records:
+            raise SystemExit(f"connector loaded {best['rows']} rows, expected {records}")
+        base_rate = records / base_seconds
+        connector_rate = records / best["seconds"]
+        print(f"baseline  duckdb read_json: {base_rate:12,.0f} records/s ({base_seconds:.2f} s)")
+        print(f"connector file->json->duckdb: {connector_rate:10,.0f} records/s ({best['seconds']:.2f} s)")
+        print(f"connector peak memory: {max(r['peak_mb'] for r in runs):.0f} MB")
+
+        if scale > 1:
+            big = workdir / "items-big.jsonl"
+            with open(big, "wb") as out:
+                for _ in range(scale):
+                    with open(data, "rb") as part:
+                        shutil.copyfileobj(part, out, 16 << 20)
+            data.unlink()
+            big_run = connector_in_child(big, workdir, args.chunk_mb)
+            if big_run["rows"] != records * scale:
+                raise SystemExit(f"connector loaded {big_run['rows']} rows, expected {records * scale}")
+            print(
+                f"connector peak memory on a {scale}x file ({big.stat().st_size / 1e6:.0f} MB): "
+                f"{big_run['peak_mb']:.0f} MB"
+            )
+        print(f"ratio={connector_rate / base_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()

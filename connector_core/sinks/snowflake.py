@@ -1,0 +1,249 @@
+"""The production sink: tables in one Snowflake database and schema, reached through a connection factory
+(dagster-snowflake's ``SnowflakeResource.get_connection``).
+
+Plain SQL only (no PUT/stage, so it also runs against fakesnow): ``BEGIN``, multi-row ``INSERT ... VALUES``
+through ``executemany``, the connector's mark updated in ``_connector_positions``, ``COMMIT``. Identifiers are
+always double-quoted, so table and column names keep the case written in ``connectors.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+import pyarrow as pa
+
+from connector_core.sinks.base import SinkError, SinkMark
+
+POSITIONS_TABLE = "_connector_positions"
+#: Snowflake accepts at most 16,384 rows in one ``VALUES`` clause.
+ROWS_PER_INSERT = 5_000
+
+ConnectionFactory = Callable[[], AbstractContextManager[Any]]
+
+#: SQL types of ``connectors.yaml`` that Snowflake spells differently.
+SNOWFLAKE_TYPES = {"TIMESTAMP": "TIMESTAMP_NTZ", "STRING": "VARCHAR", "TEXT": "VARCHAR", "DOUBLE": "DOUBLE"}
+
+
+def quote(identifier: str) -> str:
+    """A Snowflake identifier in double quotes (case kept, embedded quotes doubled)."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def snowflake_type(data_type: pa.DataType) -> str:
+    """The Snowflake column type for an inferred Arrow type (nested and unknown types become VARCHAR)."""
+    if pa.types.is_boolean(data_type):
+        return "BOOLEAN"
+    if pa.types.is_integer(data_type):
+        return "NUMBER(38, 0)"
+    if pa.types.is_floating(data_type):
+        return "DOUBLE"
+    if pa.types.is_date(data_type):
+        return "DATE"
+    if pa.types.is_timestamp(data_type):
+        return "TIMESTAMP_TZ" if data_type.tz else "TIMESTAMP_NTZ"
+    if pa.types.is_decimal(data_type):
+        return f"NUMBER({data_type.precision}, {data_type.scale})"
+    return "VARCHAR"
+
+
+def arrow_type(data_type: str, scale: int | None) -> pa.DataType:
+    """The Arrow type of a Snowflake column (``information_schema.columns.data_type``)."""
+    name = data_type.upper()
+    if name in ("NUMBER", "DECIMAL", "NUMERIC", "INT", "INTEGER", "BIGINT", "SMALLINT", "TINYINT"):
+        return pa.int64() if not scale else pa.float64()
+    if name in ("FLOAT", "DOUBLE", "REAL", "FLOAT4", "FLOAT8", "DOUBLE PRECISION"):
+        return pa.float64()
+    if name == "BOOLEAN":
+        return pa.bool_()
+    if name == "DATE":
+        return pa.date32()
+    if name.startswith("TIMESTAMP") or name == "DATETIME":
+        return pa.timestamp("us", tz="UTC") if name in ("TIMESTAMP_TZ", "TIMESTAMP_LTZ") else pa.timestamp("us")
+    return pa.string()
+
+
+class SnowflakeSink:
+    """Tables in ``database.schema``; rows and the connector's mark commit in one Snowflake transaction."""
+
+    kind = "snowflake"
+
+    def __init__(self, connect: ConnectionFactory, database: str, schema: str, warehouse: str | None = None):
+        self.connect = connect
+        self.database = database
+        self.schema = schema
+        self.warehouse = warehouse
+        self._positions_ready = False
+
+    def _name(self, table: str) -> str:
+        return f"{quote(self.database)}.{quote(self.schema)}.{quote(table)}"
+
+    def close(self) -> None:
+        """Nothing stays open between calls (each call uses a connection of its own)."""
+
+    @contextmanager
+    def _cursor(self, action: str) -> Iterator[Any]:
+        """A cursor on a fresh connection (warehouse selected); any connector error becomes a SinkError."""
+        import snowflake.connector.errors as sf_errors
+
+        try:
+            with self.connect() as conn:
+                cursor = conn.cursor()
+                try:
+                    if self.warehouse:
+                        cursor.execute(f"USE WAREHOUSE {quote(self.warehouse)}")
+                    yield cursor
+                finally:
+                    cursor.close()
+        except sf_errors.Error as exc:
+            raise SinkError(f"Snowflake sink {self.database}.{self.schema}: cannot {action}: {exc}") from exc
+
+    def check(self) -> None:
+        """Open a connection and run ``SELECT 1``."""
+        with self._cursor("connect") as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchall()
+
+    def _columns(self, cursor: Any, table: str) -> list[tuple[str, str, int | None]]:
+        cursor.execute(
+            f"SELECT column_name, data_type, numeric_scale FROM {quote(self.database)}.information_schema.columns "
+            "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+            (self.schema, table),
+        )
+        return list(cursor.fetchall())
+
+    def table_schema(self, table: str) -> pa.Schema | None:
+        """The Arrow schema of ``table`` (``None`` when it does not exist)."""
+        with self._cursor(f"describe {table}") as cursor:
+            columns = self._columns(cursor, table)
+        if not columns:
+            return None
+        return pa.schema([pa.field(name, arrow_type(data_type, scale)) for name, data_type, scale in columns])
+
+    def _ensure_schema(self, cursor: Any) -> None:
+        cursor.execute(
+            f"SELECT count(*) FROM {quote(self.database)}.information_schema.schemata WHERE schema_name = %s",
+            (self.schema,),
+        )
+        if not cursor.fetchone()[0]:
+            cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(self.database)}.{quote(self.schema)}")
+
+    def ensure_table(self, table: str, columns: dict[str, str] | None, inferred: pa.Schema | None) -> pa.Schema:
+        """Create ``table`` from ``columns`` (SQL types) or else from ``inferred``; return its schema."""
+        if columns:
+            definitions = [f"{quote(n)} {SNOWFLAKE_TYPES.get(t.upper(), t.upper())}" for n, t in columns.items()]
+        elif inferred is not None and len(inferred):
+            definitions = [f"{quote(f.name)} {snowflake_type(f.type)}" for f in inferred]
+        else:
+            raise SinkError(f"cannot create table {table!r}: no columns given and none inferred")
+        with self._cursor(f"create table {table}") as cursor:
+            self._ensure_schema(cursor)
+            cursor.execute(f"CREATE TABLE IF NOT EXISTS {self._name(table)} ({', '.join(definitions)})")
+        schema = self.table_schema(table)
+        assert schema is not None
+        return schema
+
+    def mark(self, connector_id: str) -> SinkMark | None:
+        """The last committed mark of a connector."""
+        with self._cursor("read the connector position") as cursor:
+            if not self._columns(cursor, POSITIONS_TABLE):
+                return None
+            cursor.execute(
+                'SELECT "position", "batch_seq", "total_records", "total_bytes" '
+                f'FROM {self._name(POSITIONS_TABLE)} WHERE "connector_id" = %s',
+                (connector_id,),
+            )
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        return SinkMark(connector_id, json.loads(row[0]) if row[0] else None, int(row[1]), int(row[2]), int(row[3]))
+
+    def write(self, table: str, rows: pa.Table, mark: SinkMark) -> None:
+        """Append ``rows`` and store ``mark`` in one transaction (``BEGIN`` ... ``COMMIT``).
+
+        The mark must follow the stored one (``batch_seq`` one higher): the position row is updated with
+        ``WHERE batch_seq = previous``, so of two writers racing on one connector only one commits.
+        """
+        positions = self._name(POSITIONS_TABLE)
+        with self._cursor(f"write {table}") as cursor:
+            if not self._positions_ready:  # DDL commits by itself in Snowflake: before BEGIN, once
+                self._ensure_schema(cursor)
+                cursor.execute(
+                    f'CREATE TABLE IF NOT EXISTS {positions} ("connector_id" VARCHAR PRIMARY KEY, '
+                    '"position" VARCHAR, "batch_seq" NUMBER(38, 0) NOT NULL, "total_records" NUMBER(38, 0) NOT NULL, '
+                    '"total_bytes" NUMBER(38, 0) NOT NULL, "committed_at" TIMESTAMP_NTZ NOT NULL)'
+                )
+                self._positions_ready = True
+            placeholder = "?" if getattr(cursor.connection, "_paramstyle", "pyformat") == "qmark" else "%s"
+            cursor.execute("BEGIN")
+            try:
+                cursor.execute(
+                    f'SELECT "batch_seq" FROM {positions} WHERE "connector_id" = {placeholder}',
+                    (mark.connector_id,),
+                )
+                previous = cursor.fetchone()
+                stored_seq = int(previous[0]) if previous else 0
+                if stored_seq != mark.batch_seq - 1:
+                    raise SinkError(
+                        f"connector {mark.connector_id}: batch {mark.batch_seq} does not follow the stored batch "
+                        f"{stored_seq} (another run is ingesting this connector?); nothing written"
+                    )
+                self._insert(cursor, table, rows, placeholder)
+                values = (json.dumps(mark.position), mark.batch_seq, mark.total_records, mark.total_bytes)
+                if previous:
+                    cursor.execute(
+                        f'UPDATE {positions} SET "position" = {placeholder}, "batch_seq" = {placeholder}, '
+                        f'"total_records" = {placeholder}, "total_bytes" = {placeholder}, '
+                        f'"committed_at" = CURRENT_TIMESTAMP() '
+                        f'WHERE "connector_id" = {placeholder} AND "batch_seq" = {placeholder}',
+                        (*values, mark.connector_id, stored_seq),
+                    )
+                    if cursor.rowcount != 1:
+                        raise SinkError(
+                            f"connector {mark.connector_id}: its stored position changed during the write "
+                            "(another run is ingesting this connector?); nothing written"
+                        )
+                else:
+                    cursor.execute(
+                        f'INSERT INTO {positions} ("connector_id", "position", "batch_seq", "total_records", '
+                        f'"total_bytes", "committed_at") VALUES ({", ".join([placeholder] * 5)}, '
+                        "CURRENT_TIMESTAMP())",
+                        (mark.connector_id, *values),
+                    )
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")
+
+    def _insert(self, cursor: Any, table: str, rows: pa.Table, placeholder: str) -> None:
+        """Multi-row ``INSERT ... VALUES`` in slices of :data:`ROWS_PER_INSERT` rows."""
+        if not rows.num_rows:
+            return
+        column_list = ", ".join(quote(name) for name in rows.column_names)
+        statement = (
+            f"INSERT INTO {self._name(table)} ({column_list}) "
+            f"VALUES ({', '.join([placeholder] * rows.num_columns)})"
+        )
+        for start in range(0, rows.num_rows, ROWS_PER_INSERT):
+            piece = rows.slice(start, ROWS_PER_INSERT)
+            values = list(zip(*(column.to_pylist() for column in piece.columns), strict=True))
+            cursor.executemany(statement, values)
+
+    def row_count(self, table: str) -> int:
+        """Rows in ``table`` (0 when it does not exist)."""
+        with self._cursor(f"count {table}") as cursor:
+            if not self._columns(cursor, table):
+                return 0
+            cursor.execute(f"SELECT count(*) FROM {self._name(table)}")
+            return int(cursor.fetchone()[0])
+
+    def read_table(self, table: str) -> Any:
+        """The whole table as a pandas DataFrame."""
+        import pandas as pd
+
+        with self._cursor(f"read {table}") as cursor:
+            cursor.execute(f"SELECT * FROM {self._name(table)}")
+            names = [d[0] for d in cursor.description]
+            return pd.DataFrame(cursor.fetchall(), columns=names)

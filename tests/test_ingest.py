@@ -1,0 +1,234 @@
+"""End-to-end batches through a Pipeline into a DuckDB sink: parse errors, processors, gating, reconciliation."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster_duckdb import DuckDBResource
+
+from connector_core.ingest import IngestSession
+from connector_core.pipeline import Pipeline
+from connector_core.project import parse_project
+from connector_core.state import ConnectorState
+
+
+class DuckDBClients:
+    """The part of ConnectionClients a DuckDB pipeline needs, from dagster-duckdb's DuckDBResource."""
+
+    def __init__(self, database: Path):
+        self.resource = DuckDBResource(database=str(database))
+
+    def duckdb_connection(self) -> AbstractContextManager[Any]:
+        return self.resource.get_connection()
+
+
+def open_pipeline(tmp_path: Path, tables: dict[str, Any], status: str = "STARTED") -> Pipeline:
+    project = parse_project({"pipelines": {"p": {"tables": tables}}}, path=tmp_path / "connectors.yaml")
+    pipeline = Pipeline(project, "p", state_dir=tmp_path / "state")
+    with pipeline.state.transaction() as conn:
+        pipeline.state.put(conn, "status", status)
+    return pipeline
+
+
+@pytest.fixture
+def session_factory(tmp_path: Path) -> Any:
+    sessions: list[IngestSession] = []
+
+    def make(pipeline: Pipeline) -> IngestSession:
+        session = IngestSession(pipeline, DuckDBClients(tmp_path / "warehouse.duckdb"), log=lambda _: None)
+        sessions.append(session)
+        return session
+
+    yield make
+    for session in sessions:
+        session.close()
+
+
+def file_connector(path: str, **extra: Any) -> dict[str, Any]:
+    return {"name": "file", "transport": {"name": "file_input", "config": {"path": path}},
+            "format": {"name": "json"}, **extra}
+
+
+def run_to_end(session: IngestSession, table: str, max_batches: int = 1_000) -> list[Any]:
+    reports = []
+    for _ in range(max_batches):
+        report = session.ingest_table(table)
+        if not report.batches:
+            return reports
+        reports.append(report)
+    raise AssertionError("never finished")
+
+
+def test_malformed_records_are_counted_the_last_100_kept_and_the_rest_lands(
+    tmp_path: Path, session_factory: Any
+) -> None:
+    bad_lines = set(range(3, 1_000, 7))  # 143 malformed records spread over every batch
+    lines = [
+        f'{{"id": "bad {n}"}}' if n in bad_lines else json.dumps({"id": n, "name": f"item {n}", "price": n / 10})
+        for n in range(1_000)
+    ]
+    (tmp_path / "items.json").write_text("\n".join(lines) + "\n")
+    pipeline = open_pipeline(tmp_path, {"items": {
+        "columns": {"id": "BIGINT", "name": "VARCHAR", "price": "DOUBLE"},
+        "connectors": [file_connector("items.json", max_batch_size=300)],
+    }})
+    session = session_factory(pipeline)
+    reports = run_to_end(session, "items")
+    assert [sum(b.records for b in r.batches) for r in reports] == [
+        min(300, 1_000 - lo) - len([n for n in bad_lines if lo <= n < lo + 300]) for lo in (0, 300, 600, 900)
+    ]
+    frame = session.sink.read_table("items")
+    assert sorted(frame["id"]) == [n for n in range(1_000) if n not in bad_lines]
+    assert reports[-1].row_count == 1_000 - len(bad_lines)
+
+    handle = pipeline.connector("items", "file")
+    stats = pipeline.stats(handle)
+    assert stats["metrics"]["total_records"] == 1_000 - len(bad_lines)
+    assert stats["metrics"]["num_parse_errors"] == len(bad_lines)
+    assert stats["metrics"]["end_of_input"] is True
+    assert stats["metrics"]["total_bytes"] == (tmp_path / "items.json").stat().st_size
+    expected_indices = [n % 300 for n in sorted(bad_lines)][-100:]  # index = record number within its batch
+    assert [e["index"] for e in stats["parse_errors"]] == expected_indices
+    assert all("string" in e["message"] for e in stats["parse_errors"])
+
+    hourly = [row for row in pipeline.hourly_stats() if row["connector"] == "items.file"]
+    assert sum(row["records"] for row in hourly) == 1_000 - len(bad_lines)
+    assert sum(row["parse_errors"] for row in hourly) == len(bad_lines)
+    assert sum(row["bytes"] for row in hourly) == stats["metrics"]["total_bytes"]
+    pipeline.close()
+
+
+def test_nothing_is_ingested_unless_the_pipeline_is_started_and_the_connector_running(
+    tmp_path: Path, session_factory: Any
+) -> None:
+    (tmp_path / "a.json").write_text('{"id": 1}\n')
+    pipeline = open_pipeline(
+        tmp_path,
+        {"t": {"connectors": [file_connector("a.json"), {**file_connector("a.json"), "name": "later",
+                                                          "paused": True}]}},
+        status="PAUSED",
+    )
+    session = session_factory(pipeline)
+    report = session.ingest_table("t")
+    assert report.batches == [] and "PAUSED" in report.skipped_reason and "not STARTED" in report.skipped_reason
+    skipped = session.ingest_batch(pipeline.connector("t", "file"))
+    assert skipped.records == 0 and "PAUSED" in skipped.skipped_reason
+
+    with pipeline.state.transaction() as conn:
+        pipeline.state.put(conn, "status", "STARTED")
+    assert "Paused" in session.ingest_batch(pipeline.connector("t", "later")).skipped_reason
+    first = session.ingest_table("t")
+    assert [b.endpoint for b in first.batches] == ["t.file"] and first.row_count == 1
+    done = session.ingest_table("t")
+    assert done.batches == [] and "paused" in done.skipped_reason and "finished" in done.skipped_reason
+
+    pipeline.connector("t", "file").state.set_running(False, "test")
+    assert "every connector of table t is paused" in session.ingest_table("t").skipped_reason
+    pipeline.close()
+
+
+def test_datagen_table_is_created_from_the_first_batch(tmp_path: Path, session_factory: Any) -> None:
+    pipeline = open_pipeline(tmp_path, {"gen": {"connectors": [{
+        "name": "dg", "max_batch_size": 40,
+        "transport": {"name": "datagen", "config": {"seed": 1, "plan": [
+            {"limit": 100, "fields": {"k": {"range": [0, 5]}, "label": {"values": ["a", "b"]}}}]}},
+    }]}})
+    session = session_factory(pipeline)
+    reports = run_to_end(session, "gen")
+    assert [r.batches[0].records for r in reports] == [40, 40, 20]
+    assert reports[-1].batches[0].end_of_input
+    assert "finished" in session.ingest_table("gen").skipped_reason
+    frame = session.sink.read_table("gen").sort_values("k", kind="stable")
+    assert list(frame.columns) == ["k", "label"]
+    assert sorted(frame["k"].tolist()) == sorted([n % 5 for n in range(100)])
+    assert pipeline.stats(pipeline.connector("gen", "dg"))["metrics"]["total_records"] == 100
+    pipeline.close()
+
+
+def test_python_and_command_processors_run_in_order(tmp_path: Path, session_factory: Any) -> None:
+    (tmp_path / "steps_for_test_ingest.py").write_text(
+        "import pyarrow.compute as pc\n"
+        "def keep_cheap(table):\n"
+        "    return table.filter(pc.less(table['price'], 5))\n"
+    )
+    doubler = "import sys, json\nfor line in sys.stdin:\n    r = json.loads(line); r['price'] *= 2; print(json.dumps(r))\n"
+    (tmp_path / "p.json").write_text("".join(json.dumps({"id": i, "price": i}) + "\n" for i in range(10)))
+    pipeline = open_pipeline(tmp_path, {"t": {
+        "columns": {"id": "BIGINT", "price": "DOUBLE"},
+        "connectors": [file_connector("p.json", processors=[
+            {"kind": "python", "function": "steps_for_test_ingest:keep_cheap"},
+            {"kind": "command", "command": [sys.executable, "-c", doubler]},
+        ])],
+    }})
+    session = session_factory(pipeline)
+    report = session.ingest_table("t")
+    assert report.batches[0].records == 5
+    frame = session.sink.read_table("t").sort_values("id")
+    assert frame["price"].tolist() == [0, 2, 4, 6, 8]
+    pipeline.close()
+
+
+def test_a_failing_command_processor_is_reported_and_the_batch_retried(tmp_path: Path, session_factory: Any) -> None:
+    (tmp_path / "p.json").write_text('{"id": 1}\n')
+    pipeline = open_pipeline(tmp_path, {"t": {"columns": {"id": "BIGINT"}, "connectors": [file_connector(
+        "p.json", processors=[{"kind": "command", "command": [sys.executable, "-c", "import sys; sys.exit(3)"]}],
+    )]}})
+    session = session_factory(pipeline)
+    report = session.ingest_table("t").batches[0]
+    assert report.records == 0 and report.transport_errors == 1 and "exited with 3" in report.error
+    handle = pipeline.connector("t", "file")
+    assert handle.state.position() == (None, 0)
+    assert handle.state.metrics().num_transport_errors == 1
+    pipeline.close()
+
+
+def test_a_transport_error_is_counted_not_raised(tmp_path: Path, session_factory: Any) -> None:
+    pipeline = open_pipeline(tmp_path, {"t": {"connectors": [file_connector("does-not-exist.json")]}})
+    session = session_factory(pipeline)
+    report = session.ingest_table("t")
+    batch = report.batches[0]
+    assert batch.transport_errors == 1 and "does-not-exist.json" in batch.error
+    metrics = pipeline.connector("t", "file").state.metrics()
+    assert metrics.num_transport_errors == 1 and metrics.total_records == 0
+    (tmp_path / "does-not-exist.json").write_text('{"id": 5}\n')
+    assert session.ingest_table("t").batches[0].records == 1  # the transport is reopened
+    pipeline.close()
+
+
+def test_a_crash_between_sink_commit_and_state_commit_is_caught_up(
+    tmp_path: Path, session_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "in.json").write_text("".join(f'{{"id": {i}}}\n' for i in range(50)))
+    pipeline = open_pipeline(tmp_path, {"t": {"columns": {"id": "BIGINT"},
+                                              "connectors": [file_connector("in.json", max_batch_size=20)]}})
+    handle = pipeline.connector("t", "file")
+    session = session_factory(pipeline)
+    session.ingest_batch(handle)
+
+    real_commit = ConnectorState.commit_batch
+
+    def crash(self: ConnectorState, batch: Any) -> None:
+        raise KeyboardInterrupt("killed after the sink commit")
+
+    monkeypatch.setattr(ConnectorState, "commit_batch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        session.ingest_batch(handle)
+    monkeypatch.setattr(ConnectorState, "commit_batch", real_commit)
+    assert handle.state.position()[1] == 1  # the state database missed batch 2 ...
+    assert session.sink.mark(handle.connector_id).batch_seq == 2  # ... which the sink holds
+
+    fresh = session_factory(pipeline)
+    while not handle.state.metrics().finished:
+        fresh.ingest_batch(handle)
+    ids = fresh.sink.read_table("t")["id"].tolist()
+    assert sorted(ids) == list(range(50))
+    metrics = handle.state.metrics()
+    assert metrics.total_records == 50
+    assert metrics.total_bytes == (tmp_path / "in.json").stat().st_size
+    assert handle.state.position() == (fresh.sink.mark(handle.connector_id).position, 3)
+    pipeline.close()

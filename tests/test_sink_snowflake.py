@@ -1,0 +1,170 @@
+"""Snowflake sink over the real snowflake connector, against fakesnow's HTTP server, through dagster-snowflake's
+``SnowflakeResource.get_connection`` (what production wires in)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import fakesnow
+import pyarrow as pa
+import pytest
+import snowflake.connector
+from dagster_snowflake import SnowflakeResource
+
+from connector_core.formats import arrow_schema_for_columns
+from connector_core.pipeline import Pipeline
+from connector_core.project import parse_project
+from connector_core.sinks import SinkError, SinkMark, open_sink, prepare_tables
+from connector_core.sinks.snowflake import SnowflakeSink
+
+pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
+
+DATABASE = "RAW"
+COLUMNS = {"id": "BIGINT", "name": "VARCHAR", "price": "DOUBLE", "day": "DATE", "at": "TIMESTAMP", "ok": "BOOLEAN"}
+
+
+@pytest.fixture(scope="module")
+def fakesnow_server() -> Iterator[dict[str, Any]]:
+    """A fakesnow server on a free port; its connection kwargs. The database ``RAW`` exists."""
+    with fakesnow.server() as kwargs:
+        with snowflake.connector.connect(**kwargs) as conn:
+            conn.cursor().execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
+        yield kwargs
+
+
+@pytest.fixture(scope="module")
+def snowflake_resource(fakesnow_server: dict[str, Any]) -> SnowflakeResource:
+    extra = {key: fakesnow_server[key] for key in ("host", "port", "protocol", "session_parameters")}
+    return SnowflakeResource(
+        account=fakesnow_server["account"],
+        user=fakesnow_server["user"],
+        password=fakesnow_server["password"],
+        additional_snowflake_connection_args=extra,
+    )
+
+
+@pytest.fixture
+def schema_name() -> str:
+    """A schema of its own per test (fakesnow's server shares one database between connections)."""
+    return f"S_{uuid.uuid4().hex[:10].upper()}"
+
+
+@pytest.fixture
+def sink(snowflake_resource: SnowflakeResource, schema_name: str) -> SnowflakeSink:
+    return SnowflakeSink(snowflake_resource.get_connection, DATABASE, schema_name, warehouse="LOAD_WH")
+
+
+def rows(ids: list[int]) -> pa.Table:
+    return pa.table(
+        {
+            "id": ids,
+            "name": [f"o'neil {i}" for i in ids],
+            "price": [i / 4 for i in ids],
+            "day": [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in ids],
+            "at": [dt.datetime(2024, 1, 1, 12, 0, i % 60) for i in ids],
+            "ok": [i % 2 == 0 for i in ids],
+        },
+        schema=arrow_schema_for_columns(COLUMNS),
+    )
+
+
+def test_table_created_from_columns_and_described_back(sink: SnowflakeSink) -> None:
+    sink.check()
+    assert sink.table_schema("price") is None
+    schema = sink.ensure_table("price", COLUMNS, None)
+    assert schema.names == list(COLUMNS)
+    assert [f.type for f in schema] == [
+        pa.int64(), pa.string(), pa.float64(), pa.date32(), pa.timestamp("us"), pa.bool_(),
+    ]
+    inferred = sink.ensure_table("inferred", None, pa.schema([("n", pa.int32()), ("s", pa.string())]))
+    assert inferred == pa.schema([("n", pa.int64()), ("s", pa.string())])
+
+
+def test_rows_and_mark_commit_together(sink: SnowflakeSink) -> None:
+    sink.ensure_table("price", COLUMNS, None)
+    assert sink.mark("c1") is None
+    sink.write("price", rows([1, 2, 3]), SinkMark("c1", {"offset": 3}, 1, 3, 30))
+    sink.write("price", rows([4, 5]), SinkMark("c1", {"offset": 5}, 2, 5, 50))
+    assert sink.mark("c1") == SinkMark("c1", {"offset": 5}, 2, 5, 50)
+    assert sink.row_count("price") == 5
+    frame = sink.read_table("price").sort_values("id")
+    assert list(frame["id"]) == [1, 2, 3, 4, 5]
+    assert list(frame["name"])[0] == "o'neil 1"
+    assert list(frame["day"])[4] == dt.date(2024, 1, 6)
+
+
+def test_a_failed_insert_rolls_back_rows_and_mark(sink: SnowflakeSink) -> None:
+    sink.ensure_table("price", COLUMNS, None)
+    sink.write("price", rows([1]), SinkMark("c1", 1, 1, 1, 10))
+    bad = pa.table({"id": [2, 3], "no_such_column": ["x", "y"]})
+    with pytest.raises(SinkError):
+        sink.write("price", bad, SinkMark("c1", 3, 2, 3, 30))
+    assert sink.mark("c1") == SinkMark("c1", 1, 1, 1, 10)
+    assert sink.row_count("price") == 1
+
+
+def test_rows_already_inserted_are_rolled_back_when_the_mark_cannot_be_written(sink: SnowflakeSink) -> None:
+    sink.ensure_table("price", COLUMNS, None)
+    sink.write("price", rows([1]), SinkMark("c1", 1, 1, 1, 10))
+    with pytest.raises(TypeError):
+        sink.write("price", rows([2, 3]), SinkMark("c1", object(), 2, 3, 30))  # position is not JSON
+    assert sink.row_count("price") == 1
+    assert sink.mark("c1") == SinkMark("c1", 1, 1, 1, 10)
+
+
+def test_a_mark_that_does_not_follow_the_stored_one_is_refused(sink: SnowflakeSink) -> None:
+    sink.ensure_table("price", COLUMNS, None)
+    sink.write("price", rows([1]), SinkMark("c1", 1, 1, 1, 10))
+    with pytest.raises(SinkError, match="does not follow"):
+        sink.write("price", rows([2]), SinkMark("c1", 2, 1, 2, 20))
+    assert sink.row_count("price") == 1
+    assert sink.mark("c1") == SinkMark("c1", 1, 1, 1, 10)
+
+
+class SnowflakeClients:
+    """The part of ConnectionClients the Snowflake sink uses, from a SnowflakeResource."""
+
+    def __init__(self, resource: SnowflakeResource):
+        self.resource = resource
+        self.asked_for: list[str] = []
+
+    def snowflake_connection(self, connection: str) -> AbstractContextManager[Any]:
+        self.asked_for.append(connection)
+        return self.resource.get_connection()
+
+
+def test_open_sink_and_prepare_tables_for_a_snowflake_pipeline(
+    snowflake_resource: SnowflakeResource, schema_name: str, tmp_path: Path
+) -> None:
+    project = parse_project(
+        {
+            "pipelines": {
+                "p": {
+                    "sink": {"kind": "snowflake", "connection": "snow", "database": DATABASE,
+                             "schema": schema_name, "warehouse": "LOAD_WH"},
+                    "connections": {"snow": {"kind": "snowflake", "account": "a", "user": "u"}},
+                    "tables": {
+                        "price": {
+                            "columns": {"part": "BIGINT", "price": "INTEGER"},
+                            "connectors": [{"name": "gen", "transport": {"name": "datagen"}}],
+                        },
+                        "free": {"connectors": [{"name": "gen", "transport": {"name": "datagen"}}]},
+                    },
+                }
+            }
+        }
+    )
+    pipeline = Pipeline(project, "p", state_dir=tmp_path)
+    clients = SnowflakeClients(snowflake_resource)
+    sink = open_sink(pipeline, clients)  # type: ignore[arg-type]
+    assert isinstance(sink, SnowflakeSink) and sink.schema == schema_name and sink.warehouse == "LOAD_WH"
+    assert prepare_tables(sink, pipeline) == ["price"]
+    assert sink.table_schema("price") == pa.schema([("part", pa.int64()), ("price", pa.int64())])
+    assert sink.table_schema("free") is None
+    assert clients.asked_for and set(clients.asked_for) == {"snow"}
+    pipeline.close()
