@@ -68,10 +68,13 @@ class ParsedBatch:
     errors: list[tuple[int, str]] = field(default_factory=list)
 
 
-def parse(data: bytes, fmt: Format, schema: pa.Schema | None, starts_object: bool = False) -> ParsedBatch:
+def parse(
+    data: bytes | memoryview, fmt: Format, schema: pa.Schema | None, starts_object: bool = False
+) -> ParsedBatch:
     """Parse ``data`` (whole records) into ``schema`` (or an inferred one when ``None``).
 
-    A malformed or incompatible record is an entry of ``errors``; the other records still parse.
+    ``data`` may be a memoryview (e.g. of a memory-mapped file): JSON lines and parquet are read from it without
+    a copy. A malformed or incompatible record is an entry of ``errors``; the other records still parse.
     """
     if fmt.name == "parquet":
         return _parse_parquet(data, schema)
@@ -303,13 +306,23 @@ def _json_reader(table_schema: pa.Schema | None) -> Reader:
     return read
 
 
-def _parse_json(data: bytes, config: dict[str, Any], schema: pa.Schema | None) -> ParsedBatch:
-    first = data.lstrip()[:1]
+def _first_byte(data: bytes | memoryview) -> bytes:
+    """The first byte that is not white space (``b""`` when there is none), without copying all of ``data``."""
+    view = memoryview(data)
+    for start in range(0, len(view), 4096):
+        stripped = bytes(view[start : start + 4096]).lstrip()
+        if stripped:
+            return stripped[:1]
+    return b""
+
+
+def _parse_json(data: bytes | memoryview, config: dict[str, Any], schema: pa.Schema | None) -> ParsedBatch:
+    first = _first_byte(data)
     if not first:
         return ParsedBatch(empty_table(schema))
     if not (config.get("array") or first == b"["):
         return _parse_records(pa.py_buffer(data), _json_reader(schema), schema)
-    lines, element_of_line, errors = _json_array_as_lines(data)
+    lines, element_of_line, errors = _json_array_as_lines(bytes(data))
     parsed = _parse_records(pa.py_buffer(lines), _json_reader(schema), schema)
     parsed.errors = sorted(errors + [(int(element_of_line[line]), reason) for line, reason in parsed.errors])
     return parsed
@@ -362,7 +375,10 @@ def _scan_broken_array(text: str) -> tuple[bytes, np.ndarray, list[tuple[int, st
 
 
 # ---------------------------------------------------------------------------------------------------- csv
-def _parse_csv(data: bytes, config: dict[str, Any], schema: pa.Schema | None, starts_object: bool) -> ParsedBatch:
+def _parse_csv(
+    data: bytes | memoryview, config: dict[str, Any], schema: pa.Schema | None, starts_object: bool
+) -> ParsedBatch:
+    data = bytes(data)
     delimiter = str(config.get("delimiter", ","))
     if len(delimiter) != 1:
         raise ValueError(f"csv delimiter must be one character, got {delimiter!r}")
@@ -406,7 +422,7 @@ def _parse_csv(data: bytes, config: dict[str, Any], schema: pa.Schema | None, st
 
 
 # ------------------------------------------------------------------------------------------------ parquet
-def _parse_parquet(data: bytes, schema: pa.Schema | None) -> ParsedBatch:
+def _parse_parquet(data: bytes | memoryview, schema: pa.Schema | None) -> ParsedBatch:
     if not data:
         return ParsedBatch(empty_table(schema))
     try:

@@ -281,7 +281,9 @@ class IngestSession:
         )
         return truth
 
-    def _records(self, handle: ConnectorHandle, data: bytes | pa.Table | None, starts_object: bool) -> ParsedBatch:
+    def _records(
+        self, handle: ConnectorHandle, data: bytes | memoryview | pa.Table | None, starts_object: bool
+    ) -> ParsedBatch:
         """Parse, process and cast one piece of input to the sink table (creating the table when needed)."""
         table = handle.table
         schema = self._table_schema(table)
@@ -291,7 +293,7 @@ class IngestSession:
             fmt = handle.spec.format
             if fmt is None:
                 raise TransportError(f"{handle.endpoint}: the transport returned bytes but no format is set")
-            parsed = parse(bytes(data), fmt, schema, starts_object)
+            parsed = parse(data, fmt, schema, starts_object)
         else:
             parsed = ParsedBatch(empty_table(schema))
         rows = parsed.table

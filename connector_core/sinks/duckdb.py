@@ -7,6 +7,7 @@ the connector's :class:`SinkMark` is upserted into ``_connector_positions`` in t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Callable
@@ -73,19 +74,25 @@ class DuckDBSink:
         self.hold_connection = hold_connection
         self.preserve_insertion_order = preserve_insertion_order
         self._held: AbstractContextManager[duckdb.DuckDBPyConnection] | None = None
+        self._held_connection: duckdb.DuckDBPyConnection | None = None
         self._positions_ready = False
+        #: Marks this sink committed while it holds the file (DuckDB lets one process write it): no re-read.
+        self._marks: dict[str, SinkMark] = {}
 
     def connect(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
-        """A connection from the factory (the first one is also held open when ``hold_connection``)."""
-        if self.hold_connection and self._held is None:
+        """A connection from the factory; with ``hold_connection``, the one held open (opened on first use)."""
+        if not self.hold_connection:
+            return self._factory()
+        if self._held is None:
             held = self._factory()
-            held.__enter__()
+            self._held_connection = held.__enter__()
             self._held = held
-        return self._factory()
+        return contextlib.nullcontext(self._held_connection)
 
     def close(self) -> None:
         """Release the held connection (DuckDB checkpoints and unlocks the file when it was the last)."""
         held, self._held = self._held, None
+        self._marks.clear()
         if held is not None:
             held.__exit__(None, None, None)
 
@@ -134,6 +141,8 @@ class DuckDBSink:
 
     def mark(self, connector_id: str) -> SinkMark | None:
         """The last committed mark of a connector."""
+        if connector_id in self._marks:
+            return self._marks[connector_id]
         with self.connect() as conn:
             try:
                 rows = conn.execute(
@@ -191,6 +200,8 @@ class DuckDBSink:
                     conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
+            if self.hold_connection:
+                self._marks[mark.connector_id] = mark
         except duckdb.Error as exc:
             raise SinkError(f"cannot write DuckDB table {self._name(table)}: {exc}") from exc
 

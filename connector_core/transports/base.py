@@ -23,11 +23,11 @@ class TransportError(RuntimeError):
 class ReadResult:
     """One piece of input and the source position just after it.
 
-    ``data`` is either raw bytes holding whole records (parsed by the connector's format) or an Arrow table of
-    records (datagen, postgres). ``position`` is JSON-serialisable and is handed back to the next ``read``.
+    ``data`` is either raw bytes holding whole records (parsed by the connector's format; a memoryview, e.g. of a
+    memory-mapped file, is read without a copy) or an Arrow table of records (datagen, postgres). ``position`` is JSON-serialisable and is handed back to the next ``read``.
     """
 
-    data: bytes | pa.Table | None
+    data: bytes | memoryview | pa.Table | None
     position: Any
     end_of_input: bool
     bytes_read: int = 0
