@@ -68,9 +68,7 @@ class ParsedBatch:
     errors: list[tuple[int, str]] = field(default_factory=list)
 
 
-def parse(
-    data: bytes | memoryview, fmt: Format, schema: pa.Schema | None, starts_object: bool = False
-) -> ParsedBatch:
+def parse(data: bytes | memoryview, fmt: Format, schema: pa.Schema | None, starts_object: bool = False) -> ParsedBatch:
     """Parse ``data`` (whole records) into ``schema`` (or an inferred one when ``None``).
 
     ``data`` may be a memoryview (e.g. of a memory-mapped file): JSON lines and parquet are read from it without
@@ -91,6 +89,24 @@ def empty_table(schema: pa.Schema | None) -> pa.Table:
 
 
 # ------------------------------------------------------------------------------------------------ casting
+#: What pyarrow raises for a record it cannot read or cast.
+ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+
+
+def _bisect(lo: int, hi: int, attempt: Callable[[int, int], None], errors: list[tuple[int, str]]) -> None:
+    """Run ``attempt`` on records ``[lo, hi)``; where it fails, halve the range until single records fail, and
+    add those to ``errors``. One bad record among n costs O(log n) attempts."""
+    try:
+        attempt(lo, hi)
+    except ARROW_ERRORS as exc:
+        if hi - lo == 1:
+            errors.append((lo, _reason(exc)))
+        else:
+            mid = (lo + hi) // 2
+            _bisect(lo, mid, attempt, errors)
+            _bisect(mid, hi, attempt, errors)
+
+
 def conform(table: pa.Table, schema: pa.Schema) -> ParsedBatch:
     """``table`` cast to ``schema`` (columns by name, missing ones null, extra ones dropped).
 
@@ -98,23 +114,11 @@ def conform(table: pa.Table, schema: pa.Schema) -> ParsedBatch:
     """
     try:
         return ParsedBatch(_cast(table, schema))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+    except ARROW_ERRORS:
         pass
     pieces: list[pa.Table] = []
     errors: list[tuple[int, str]] = []
-
-    def bisect(lo: int, hi: int) -> None:
-        try:
-            pieces.append(_cast(table.slice(lo, hi - lo), schema))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-            if hi - lo == 1:
-                errors.append((lo, _reason(exc)))
-            else:
-                mid = (lo + hi) // 2
-                bisect(lo, mid)
-                bisect(mid, hi)
-
-    bisect(0, table.num_rows)
+    _bisect(0, table.num_rows, lambda lo, hi: pieces.append(_cast(table.slice(lo, hi - lo), schema)), errors)
     good = pa.concat_tables(pieces) if pieces else schema.empty_table()
     return ParsedBatch(good, errors)
 
@@ -138,7 +142,7 @@ def _cast(table: pa.Table, schema: pa.Schema) -> pa.Table:
         else:
             try:
                 arrays.append(pc.cast(column, target.type, safe=True))
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            except ARROW_ERRORS as exc:
                 raise type(exc)(f"column {target.name!r}: {exc}") from exc
     return pa.Table.from_arrays(arrays, schema=schema)
 
@@ -195,7 +199,7 @@ def _parse_records(
     """Parse line-delimited records with ``read``; on failure bisect the lines to find the bad ones."""
     try:
         whole = read(buffer.slice(lines_from), schema)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+    except ARROW_ERRORS:
         whole = None
     if whole is not None:
         return _finish([(whole, None)], [], schema)
@@ -205,24 +209,15 @@ def _parse_records(
     errors: list[tuple[int, str]] = []
     adopted: list[pa.Schema | None] = [schema]
 
-    def bisect(lo: int, hi: int) -> None:
-        try:
-            table = read(lines.slice(lo, hi), adopted[0])
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-            if hi - lo == 1:
-                errors.append((lo, _reason(exc)))
-            else:
-                mid = (lo + hi) // 2
-                bisect(lo, mid)
-                bisect(mid, hi)
-            return
+    def attempt(lo: int, hi: int) -> None:
+        table = read(lines.slice(lo, hi), adopted[0])
         if adopted[0] is None:
             # Without a table schema the first good piece fixes the types; later records must fit them.
             adopted[0] = _inferred_schema(table.schema)
         pieces.append((table, np.arange(lo, lo + table.num_rows, dtype=np.int64)))
 
     if len(lines):
-        bisect(0, len(lines))
+        _bisect(0, len(lines), attempt, errors)
     return _finish(pieces, errors, schema)
 
 

@@ -8,6 +8,11 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 
+def quote(identifier: str) -> str:
+    """A SQL identifier in double quotes (case kept, embedded quotes doubled), for DuckDB and Snowflake alike."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
 class SinkError(RuntimeError):
     """A sink that cannot be reached or written."""
 

@@ -17,16 +17,11 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from connector_core.sinks.base import SinkError, SinkMark
+from connector_core.sinks.base import SinkError, SinkMark, quote
 
 POSITIONS_TABLE = "_connector_positions"
 
 ConnectionFactory = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
-
-
-def quote(identifier: str) -> str:
-    """A DuckDB identifier in double quotes (embedded quotes doubled)."""
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 def duckdb_type(data_type: pa.DataType) -> str:
@@ -193,8 +188,13 @@ class DuckDBSink:
                         "SET position = excluded.position, batch_seq = excluded.batch_seq, "
                         "total_records = excluded.total_records, total_bytes = excluded.total_bytes, "
                         "committed_at = excluded.committed_at",
-                        [mark.connector_id, json.dumps(mark.position), mark.batch_seq, mark.total_records,
-                         mark.total_bytes],
+                        [
+                            mark.connector_id,
+                            json.dumps(mark.position),
+                            mark.batch_seq,
+                            mark.total_records,
+                            mark.total_bytes,
+                        ],
                     )
                 except BaseException:
                     conn.execute("ROLLBACK")

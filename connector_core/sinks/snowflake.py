@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from connector_core.sinks.base import SinkError, SinkMark
+from connector_core.sinks.base import SinkError, SinkMark, quote
 
 POSITIONS_TABLE = "_connector_positions"
 #: Snowflake accepts at most 16,384 rows in one ``VALUES`` clause.
@@ -25,11 +25,6 @@ ConnectionFactory = Callable[[], AbstractContextManager[Any]]
 
 #: SQL types of ``connectors.yaml`` that Snowflake spells differently.
 SNOWFLAKE_TYPES = {"TIMESTAMP": "TIMESTAMP_NTZ", "STRING": "VARCHAR", "TEXT": "VARCHAR", "DOUBLE": "DOUBLE"}
-
-
-def quote(identifier: str) -> str:
-    """A Snowflake identifier in double quotes (case kept, embedded quotes doubled)."""
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 def snowflake_type(data_type: pa.DataType) -> str:
@@ -223,8 +218,7 @@ class SnowflakeSink:
             return
         column_list = ", ".join(quote(name) for name in rows.column_names)
         statement = (
-            f"INSERT INTO {self._name(table)} ({column_list}) "
-            f"VALUES ({', '.join([placeholder] * rows.num_columns)})"
+            f"INSERT INTO {self._name(table)} ({column_list}) VALUES ({', '.join([placeholder] * rows.num_columns)})"
         )
         for start in range(0, rows.num_rows, ROWS_PER_INSERT):
             piece = rows.slice(start, ROWS_PER_INSERT)
