@@ -92,6 +92,9 @@ def build_table_assets(
                         )
                         continue
                     metadata = materialization_metadata(report, seconds)
+                    metadata["connectors/stats"] = dg.MetadataValue.json(
+                        {h.endpoint: pipeline.stats(h) for h in pipeline.connectors(table)}
+                    )
                     context.log.info(
                         f"{pipeline_name}.{table}: {metadata['connectors/records'].value} records in {seconds:.3f}s, "
                         f"{report.row_count} rows in the table"

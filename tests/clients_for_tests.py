@@ -1,14 +1,19 @@
-"""A :class:`connector_core.clients.ConnectionClients` over real clients, and helpers to build transport contexts."""
+"""A :class:`connector_core.clients.ConnectionClients` over real clients, helpers to open and read transports, and a
+check the sink tests share."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import time
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from connector_core.project import ConnectorSpec
-from connector_core.transports.base import TransportContext
+from connector_core.sinks import Sink, SinkMark
+from connector_core.transports import open_transport
+from connector_core.transports.base import ReadResult, TransportContext, TransportReader
 
 
 class RealClients:
@@ -78,3 +83,86 @@ def make_context(
         clients=clients or RealClients(),
         log=log,
     )
+
+
+def open_reader(
+    transport: str,
+    config: dict[str, Any],
+    fmt: dict[str, Any] | None = None,
+    name: str = "c",
+    **context: Any,
+) -> TransportReader:
+    """Open the ``transport`` named with its ``config`` (and format), in a context from :func:`make_context`."""
+    connector: dict[str, Any] = {"name": name, "transport": {"name": transport, "config": config}}
+    if fmt is not None:
+        connector["format"] = fmt
+    return open_transport(make_context(connector, **context))
+
+
+def read_until_end(
+    reader: TransportReader,
+    position: Any = None,
+    max_records: int = 10_000,
+    *,
+    as_stored: bool = False,
+    seconds: float = 20,
+) -> list[ReadResult]:
+    """Read from ``position`` until end of input, each read from the position the last one returned.
+
+    ``as_stored`` passes every position through JSON first, as the sink stores it. Fails after ``seconds``.
+    """
+    results: list[ReadResult] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        result = reader.read(position, max_records)
+        results.append(result)
+        position = json.loads(json.dumps(result.position)) if as_stored else result.position
+        if result.end_of_input:
+            return results
+    raise AssertionError(f"no end of input; last position {position}")
+
+
+def json_lines(result: ReadResult) -> list[Any]:
+    """The JSON values of the lines of a read."""
+    return [json.loads(line) for line in (result.data or b"").splitlines()]
+
+
+def read_until_count(
+    reader: TransportReader,
+    count: int,
+    position: Any = None,
+    max_records: int = 100,
+    *,
+    seconds: float = 20,
+    may_end: bool = True,
+    records: Callable[[ReadResult], list[Any]] = json_lines,
+) -> tuple[list[Any], Any]:
+    """Read until ``count`` records came or ``seconds`` passed: the records and the last position.
+
+    With ``may_end=False`` a read at the end of input fails the test (the source must not end on the way).
+    """
+    got: list[Any] = []
+    deadline = time.monotonic() + seconds
+    while len(got) < count and time.monotonic() < deadline:
+        result = reader.read(position, max_records)
+        assert may_end or not result.end_of_input
+        got += records(result)
+        position = result.position
+    return got, position
+
+
+FIRST_MARK = SinkMark("c1", 1, 1, 1, 10)
+
+
+@contextmanager
+def keeps_only_the_first_batch(
+    sink: Sink, table: str, columns: dict[str, str], first_rows: Any, *, check_mark: bool = True
+) -> Iterator[None]:
+    """Around writes the sink must refuse: before, ``table`` is created and gets ``first_rows`` under
+    :data:`FIRST_MARK`; after, it still holds just those rows (and, with ``check_mark``, connector c1 that mark)."""
+    sink.ensure_table(table, columns, None)
+    sink.write(table, first_rows, FIRST_MARK)
+    yield
+    assert sink.row_count(table) == first_rows.num_rows
+    if check_mark:
+        assert sink.mark("c1") == FIRST_MARK

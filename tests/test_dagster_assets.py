@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import duckdb
-import pytest
+from dagster_helpers import lifecycle
 
 from connector_assets import build_definitions
-from connector_core.lifecycle import Lifecycle
-from connector_core.pipeline import Pipeline
-from connector_core.project import load_project
-from resources import build_clients
 
 PROJECT = """
 pipelines:
@@ -40,29 +34,6 @@ pipelines:
 """
 NUMBERS = dg.AssetKey(["demo", "numbers"])
 WORDS = dg.AssetKey(["demo", "words"])
-
-
-@pytest.fixture(scope="module")
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
-@pytest.fixture
-def project_file(tmp_path: Path) -> Path:
-    path = tmp_path / "connectors.yaml"
-    path.write_text(textwrap.dedent(PROJECT))
-    return path
-
-
-def lifecycle(project_file: Path, procedure: str, **kwargs: object) -> None:
-    """Run one lifecycle procedure through the core (the jobs are tested in test_dagster_jobs.py)."""
-    pipeline = Pipeline(load_project(project_file), "demo")
-    try:
-        answer = getattr(Lifecycle(pipeline, build_clients(pipeline)), procedure)(**kwargs)
-        assert answer.ok, answer.as_dict()
-    finally:
-        pipeline.close()
 
 
 def materialize(project_file: Path, instance: dg.DagsterInstance, *keys: dg.AssetKey) -> dg.ExecuteInProcessResult:
@@ -94,6 +65,10 @@ def test_materializing_a_table_ingests_its_active_connectors_and_reports_metadat
     assert metadata["connectors/parse_errors"] == 0
     assert metadata["connectors/seconds"] > 0 and metadata["connectors/records_per_second"] > 0
     assert isinstance(materialization.metadata["connectors/records"], dg.IntMetadataValue)
+    stats = metadata["connectors/stats"]
+    assert set(stats) == {"numbers.gen", "numbers.later"}, "every connector of the table has its stats"
+    assert stats["numbers.gen"]["metrics"]["total_records"] == 10
+    assert stats["numbers.later"]["paused"] is True
     assert sink_rows(project_file, "numbers") == 10
     assert sink_rows(project_file, "words") == 0
 

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import duckdb
 import pytest
+from dagster_helpers import opened_pipeline
 
 from connector_assets import build_definitions
 from connector_assets.jobs import ConnectorConfig, PrerequisitesConfig, RecoverConfig, RecoverTarget
-from connector_core.pipeline import Pipeline
-from connector_core.project import load_project
 
 PROJECT = """
 pipelines:
@@ -44,24 +41,6 @@ pipelines:
             transport: {name: datagen, config: {plan: [{limit: 1}]}}
 """
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-@pytest.fixture(scope="module")
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
-@pytest.fixture
-def project_file(tmp_path: Path) -> Path:
-    path = tmp_path / "connectors.yaml"
-    path.write_text(textwrap.dedent(PROJECT))
-    return path
-
-
-@pytest.fixture
-def defs(project_file: Path) -> dg.Definitions:
-    return build_definitions(project_file)
 
 
 def run(
@@ -96,26 +75,19 @@ def failure(result: dg.ExecuteInProcessResult) -> tuple[str, dict[str, Any]]:
 
 
 def state(project_file: Path, pipeline: str = "demo") -> dict[str, Any]:
-    opened = Pipeline(load_project(project_file), pipeline)
-    try:
+    with opened_pipeline(project_file, pipeline) as opened:
         return {
             "status": opened.state.status,
             "configuration": opened.state.configuration_status,
             "scheduling": opened.state.scheduling_enabled,
             "running": {h.endpoint: h.state.running for h in opened.connectors()},
         }
-    finally:
-        opened.close()
 
 
 def force_status(project_file: Path, status: str, pipeline: str = "demo") -> None:
     """Put a pipeline in a status no procedure leaves it in for long (a stuck PAUSING, ERROR...)."""
-    opened = Pipeline(load_project(project_file), pipeline)
-    try:
-        with opened.state.transaction() as conn:
-            opened.state.put(conn, "status", status)
-    finally:
-        opened.close()
+    with opened_pipeline(project_file, pipeline) as opened, opened.state.transaction() as conn:
+        opened.state.put(conn, "status", status)
 
 
 def test_wizard_jobs_walk_the_pipeline_to_finalized_and_started(
@@ -219,11 +191,8 @@ def test_updates_need_a_paused_pipeline_and_check_their_values(
     _, answer = failure(run(defs, instance, "update_connection", literal, pipeline="pg"))
     assert answer["response_code"] == "CONNECTOR_CONFIGURATION_PARSING_ERROR"
     assert response(run(defs, instance, "update_connection", update, pipeline="pg"))["response_code"] == "OK"
-    opened = Pipeline(load_project(project_file), "pg")
-    try:
+    with opened_pipeline(project_file, "pg") as opened:
         assert opened.connection_settings("main")["dsn"] == {"env": "CONNECTORS_TEST_PG_DSN_NEW"}
-    finally:
-        opened.close()
 
     _, answer = failure(run(defs, instance, "update_warehouse", {"warehouse": "LOAD_WH"}, pipeline="pg"))
     assert answer["response_code"] == "CONNECTOR_CONFIGURATION_PARSING_ERROR"

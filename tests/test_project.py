@@ -47,6 +47,13 @@ def connector(data: dict[str, Any], index: int) -> dict[str, Any]:
     return data["pipelines"]["example"]["tables"]["price"]["connectors"][index]
 
 
+def problems_with(index: int, key: str, value: Any) -> str:
+    """The problems of :func:`base` once ``key`` of its ``index``-th connector is set to ``value``."""
+    data = base()
+    connector(data, index)[key] = value
+    return problems(data)
+
+
 def test_the_example_project_loads() -> None:
     project = load_project(EXAMPLE)
     pipeline = project.pipeline("example")
@@ -63,9 +70,7 @@ def test_start_after_string_or_list() -> None:
 
 
 def test_unknown_key_names_its_path() -> None:
-    data = base()
-    connector(data, 1)["strat_after"] = "x"
-    message = problems(data)
+    message = problems_with(1, "strat_after", "x")
     assert "pipelines.example.tables.price.connectors[1].strat_after: unknown key" in message
 
 
@@ -87,38 +92,28 @@ def test_errors_give_the_line(tmp_path: Path) -> None:
 
 
 def test_empty_start_after_is_an_error() -> None:
-    data = base()
-    connector(data, 1)["start_after"] = []
-    message = problems(data)
+    message = problems_with(1, "start_after", [])
     assert "pipelines.example.tables.price.connectors[1].start_after" in message and "empty list" in message
 
 
 def test_duplicate_connector_names() -> None:
-    data = base()
-    connector(data, 1)["name"] = "backfill"
-    message = problems(data)
+    message = problems_with(1, "name", "backfill")
     assert "pipelines.example.tables.price.connectors" in message and "'backfill'" in message
 
 
 def test_bad_connector_name() -> None:
-    data = base()
-    connector(data, 0)["name"] = "has space"
-    assert "connectors[0].name" in problems(data)
+    assert "connectors[0].name" in problems_with(0, "name", "has space")
 
 
 def test_start_after_cycle_names_endpoints_and_labels() -> None:
-    data = base()
-    connector(data, 0)["start_after"] = "price.live"
-    message = problems(data)
+    message = problems_with(0, "start_after", "price.live")
     assert "start_after cycle" in message
     assert "price.backfill waits for label 'price.live' carried by price.live" in message
     assert "price.live waits for label 'price.backfill' carried by price.backfill" in message
 
 
 def test_start_after_self_loop() -> None:
-    data = base()
-    connector(data, 0)["start_after"] = "price.backfill"
-    message = problems(data)
+    message = problems_with(0, "start_after", "price.backfill")
     assert "price.backfill waits for label 'price.backfill' carried by price.backfill" in message
 
 

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import json
-import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-import pytest
+from dagster_helpers import lifecycle, opened_pipeline
 
 from connector_assets import ConnectorsTranslator, TableProps, build_definitions
-from connector_core.lifecycle import Lifecycle
-from connector_core.pipeline import Pipeline
-from connector_core.project import load_project
 from connector_core.state import BatchCommit
-from resources import build_clients
 
 PROJECT = """
 pipelines:
@@ -42,24 +36,6 @@ pipelines:
 SENSOR = "demo__orchestration"
 
 
-@pytest.fixture(scope="module")
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
-@pytest.fixture
-def project_file(tmp_path: Path) -> Path:
-    path = tmp_path / "connectors.yaml"
-    path.write_text(textwrap.dedent(PROJECT))
-    return path
-
-
-@pytest.fixture
-def defs(project_file: Path) -> dg.Definitions:
-    return build_definitions(project_file)
-
-
 def tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None = None):  # noqa: ANN201
     context = dg.build_sensor_context(instance=instance, cursor=cursor)
     return defs.resolve_sensor_def(SENSOR).evaluate_tick(context)
@@ -70,51 +46,36 @@ def requested(data) -> dict[str, dg.RunRequest]:  # noqa: ANN001
     return {request.tags["connectors/table"]: request for request in data.run_requests or []}
 
 
-def open_pipeline(project_file: Path) -> Pipeline:
-    return Pipeline(load_project(project_file), "demo")
-
-
-def procedure(project_file: Path, name: str, **kwargs: object) -> None:
-    pipeline = open_pipeline(project_file)
-    try:
-        answer = getattr(Lifecycle(pipeline, build_clients(pipeline)), name)(**kwargs)
-        assert answer.ok, answer.as_dict()
-    finally:
-        pipeline.close()
+def skipped(data) -> str:  # noqa: ANN001
+    """The skip message of a tick that requested no run."""
+    assert not data.run_requests
+    return data.skip_message
 
 
 def finish(project_file: Path, table: str, connector: str, records: int) -> None:
     """Commit a last batch for a connector (end of input, nothing buffered), as an ingest run would."""
-    pipeline = open_pipeline(project_file)
-    try:
+    with opened_pipeline(project_file) as pipeline:
         handle = pipeline.connector(table, connector)
         handle.state.commit_batch(
             BatchCommit(
                 position={"emitted": records}, batch_seq=1, records=records, bytes=8 * records, end_of_input=True
             )
         )
-    finally:
-        pipeline.close()
 
 
 def running(project_file: Path, table: str, connector: str) -> bool:
-    pipeline = open_pipeline(project_file)
-    try:
+    with opened_pipeline(project_file) as pipeline:
         return pipeline.connector(table, connector).state.running
-    finally:
-        pipeline.close()
 
 
 def test_a_pipeline_that_is_not_started_launches_nothing(defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
-    data = tick(defs, instance)
-    assert not data.run_requests
-    assert "CONFIGURING, not STARTED" in data.skip_message
+    assert "CONFIGURING, not STARTED" in skipped(tick(defs, instance))
 
 
 def test_runs_are_requested_only_for_tables_with_active_unfinished_connectors(
     defs: dg.Definitions, instance: dg.DagsterInstance, project_file: Path
 ) -> None:
-    procedure(project_file, "setup", confirm_prerequisites=True)
+    lifecycle(project_file, "setup", confirm_prerequisites=True)
     finish(project_file, "archive", "old", 2)
 
     data = tick(defs, instance)
@@ -128,14 +89,14 @@ def test_runs_are_requested_only_for_tables_with_active_unfinished_connectors(
     again = tick(defs, instance, cursor=data.cursor)
     assert requested(again)["price"].run_key == runs["price"].run_key, "the same positions give the same run key"
 
-    procedure(project_file, "start_connector", table="vendor", connector="seed")
+    lifecycle(project_file, "start_connector", table="vendor", connector="seed")
     assert set(requested(tick(defs, instance))) == {"price", "vendor"}
 
 
 def test_start_after_connectors_are_released_once_their_labels_finish(
     defs: dg.Definitions, instance: dg.DagsterInstance, project_file: Path
 ) -> None:
-    procedure(project_file, "setup", confirm_prerequisites=True)
+    lifecycle(project_file, "setup", confirm_prerequisites=True)
     before = requested(tick(defs, instance))["price"].run_key
     assert not running(project_file, "price", "live")
 
@@ -146,15 +107,13 @@ def test_start_after_connectors_are_released_once_their_labels_finish(
 
     finish(project_file, "price", "live", 5)
     finish(project_file, "archive", "old", 2)
-    data = tick(defs, instance)
-    assert not data.run_requests
-    assert "no active connector has data left" in data.skip_message
+    assert "no active connector has data left" in skipped(tick(defs, instance))
 
 
 def test_a_paused_pipeline_or_a_table_with_a_run_in_progress_gets_no_new_run(
     defs: dg.Definitions, instance: dg.DagsterInstance, project_file: Path
 ) -> None:
-    procedure(project_file, "setup", confirm_prerequisites=True)
+    lifecycle(project_file, "setup", confirm_prerequisites=True)
     in_progress = instance.create_run_for_job(
         defs.resolve_job_def("demo__ingest"),
         status=dg.DagsterRunStatus.STARTED,
@@ -176,10 +135,8 @@ def test_a_paused_pipeline_or_a_table_with_a_run_in_progress_gets_no_new_run(
     finally:
         instance.delete_run(from_the_ui.run_id)
 
-    procedure(project_file, "pause")
-    data = tick(defs, instance)
-    assert not data.run_requests
-    assert "PAUSED, not STARTED" in data.skip_message
+    lifecycle(project_file, "pause")
+    assert "PAUSED, not STARTED" in skipped(tick(defs, instance))
 
 
 class RawTranslator(ConnectorsTranslator):
@@ -192,6 +149,6 @@ def test_the_sensor_requests_the_keys_a_custom_translator_gives(
     instance: dg.DagsterInstance, project_file: Path
 ) -> None:
     defs = build_definitions(project_file, translator=RawTranslator())
-    procedure(project_file, "setup", confirm_prerequisites=True)
+    lifecycle(project_file, "setup", confirm_prerequisites=True)
     runs = requested(tick(defs, instance))
     assert runs["price"].asset_selection == [dg.AssetKey(["raw", "demo", "price"])]

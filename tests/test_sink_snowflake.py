@@ -14,6 +14,7 @@ import fakesnow
 import pyarrow as pa
 import pytest
 import snowflake.connector
+from clients_for_tests import keeps_only_the_first_batch
 from dagster_snowflake import SnowflakeResource
 
 from connector_core.formats import arrow_schema_for_columns
@@ -99,31 +100,20 @@ def test_rows_and_mark_commit_together(sink: SnowflakeSink) -> None:
 
 
 def test_a_failed_insert_rolls_back_rows_and_mark(sink: SnowflakeSink) -> None:
-    sink.ensure_table("price", COLUMNS, None)
-    sink.write("price", rows([1]), SinkMark("c1", 1, 1, 1, 10))
     bad = pa.table({"id": [2, 3], "no_such_column": ["x", "y"]})
-    with pytest.raises(SinkError):
+    with keeps_only_the_first_batch(sink, "price", COLUMNS, rows([1])), pytest.raises(SinkError):
         sink.write("price", bad, SinkMark("c1", 3, 2, 3, 30))
-    assert sink.mark("c1") == SinkMark("c1", 1, 1, 1, 10)
-    assert sink.row_count("price") == 1
 
 
 def test_rows_already_inserted_are_rolled_back_when_the_mark_cannot_be_written(sink: SnowflakeSink) -> None:
-    sink.ensure_table("price", COLUMNS, None)
-    sink.write("price", rows([1]), SinkMark("c1", 1, 1, 1, 10))
-    with pytest.raises(TypeError):
+    with keeps_only_the_first_batch(sink, "price", COLUMNS, rows([1])), pytest.raises(TypeError):
         sink.write("price", rows([2, 3]), SinkMark("c1", object(), 2, 3, 30))  # position is not JSON
-    assert sink.row_count("price") == 1
-    assert sink.mark("c1") == SinkMark("c1", 1, 1, 1, 10)
 
 
 def test_a_mark_that_does_not_follow_the_stored_one_is_refused(sink: SnowflakeSink) -> None:
-    sink.ensure_table("price", COLUMNS, None)
-    sink.write("price", rows([1]), SinkMark("c1", 1, 1, 1, 10))
-    with pytest.raises(SinkError, match="does not follow"):
-        sink.write("price", rows([2]), SinkMark("c1", 2, 1, 2, 20))
-    assert sink.row_count("price") == 1
-    assert sink.mark("c1") == SinkMark("c1", 1, 1, 1, 10)
+    with keeps_only_the_first_batch(sink, "price", COLUMNS, rows([1])):
+        with pytest.raises(SinkError, match="does not follow"):
+            sink.write("price", rows([2]), SinkMark("c1", 2, 1, 2, 20))
 
 
 class SnowflakeClients:

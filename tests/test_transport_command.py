@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clients_for_tests import make_context
+from clients_for_tests import json_lines, open_reader, read_until_count, read_until_end
 
-from connector_core.transports import open_transport
 from connector_core.transports.base import ReadResult, TransportError, TransportReader
 
 GENERATOR = r"""#!/bin/sh
@@ -28,24 +27,8 @@ def expected_output(n: int) -> bytes:
 
 
 def command_reader(base_dir: Path, command: list[str], logs: list[str] | None = None, **config: Any) -> TransportReader:
-    ctx = make_context(
-        {"transport": {"name": "command", "config": {"command": command, **config}}, "format": {"name": "json"}},
-        base_dir=base_dir,
-        log=(logs.append if logs is not None else print),
-    )
-    return open_transport(ctx)
-
-
-def read_all(reader: TransportReader, position: Any = None, max_records: int = 10_000) -> list[ReadResult]:
-    results = []
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        result = reader.read(position, max_records)
-        results.append(result)
-        position = result.position
-        if result.end_of_input:
-            return results
-    raise AssertionError("no end of input")
+    log = logs.append if logs is not None else print
+    return open_reader("command", {"command": command, **config}, {"name": "json"}, base_dir=base_dir, log=log)
 
 
 def runs(base_dir: Path) -> int:
@@ -61,7 +44,7 @@ def generator(tmp_path: Path) -> Path:
 def test_reads_all_output_in_pieces_until_exit_0(generator: Path) -> None:
     logs: list[str] = []
     reader = command_reader(generator, ["sh", "gen.sh", "500"], logs, chunk_size=1000)
-    results = read_all(reader)
+    results = read_until_end(reader)
     reader.close()
     pieces = [r.data for r in results if r.data]
     assert b"".join(pieces) == expected_output(500)
@@ -75,7 +58,7 @@ def test_reads_all_output_in_pieces_until_exit_0(generator: Path) -> None:
 
 def test_max_records_bounds_a_piece(generator: Path) -> None:
     reader = command_reader(generator, ["sh", "gen.sh", "100"])
-    results = read_all(reader, max_records=30)
+    results = read_until_end(reader, max_records=30)
     reader.close()
     assert [r.data.count(b"\n") for r in results if r.data] == [30, 30, 30, 10]
 
@@ -86,7 +69,7 @@ def test_resume_runs_again_and_skips_bytes_done(generator: Path) -> None:
     first_reader.close()
     assert first.data is not None and first.position == len(first.data)
     resumed = command_reader(generator, ["sh", "gen.sh", "300"])
-    rest = read_all(resumed, first.position)
+    rest = read_until_end(resumed, first.position)
     resumed.close()
     assert first.data + b"".join(r.data for r in rest if r.data) == expected_output(300)
     assert not rest[0].starts_object
@@ -101,20 +84,13 @@ def test_the_program_is_kept_between_reads(tmp_path: Path) -> None:
         'printf \'{"n": 4}\\n{"n": 5}\\n\'\n'
     )
     reader = command_reader(tmp_path, ["sh", "slow.sh"], poll_timeout_seconds=0.3)
-    got: list[dict[str, Any]] = []
-    position = None
-    deadline = time.monotonic() + 10
-    while len(got) < 3 and time.monotonic() < deadline:
-        result = reader.read(position, 100)
-        assert not result.end_of_input
-        got += [json.loads(line) for line in (result.data or b"").splitlines()]
-        position = result.position
+    got, position = read_until_count(reader, 3, seconds=10, may_end=False)
     waiting = reader.read(position, 100)  # the program waits: nothing new, no end
     assert waiting.data is None and not waiting.end_of_input and waiting.position == position
     (tmp_path / "go").touch()
-    results = read_all(reader, position)
+    results = read_until_end(reader, position)
     reader.close()
-    got += [json.loads(line) for r in results for line in (r.data or b"").splitlines()]
+    got += [record for r in results for record in json_lines(r)]
     assert got == [{"n": n} for n in range(1, 6)]
     assert runs(tmp_path) == 1
 
@@ -182,7 +158,7 @@ def test_json_array_output_comes_whole(tmp_path: Path) -> None:
         'BEGIN { print "["; for (i = 0; i < 50; i++) printf "  {\\"i\\": %d}%s\\n", i, (i < 49 ? "," : ""); print "]" }'
     )
     reader = command_reader(tmp_path, ["awk", program], chunk_size=64)
-    results = read_all(reader, max_records=3)
+    results = read_until_end(reader, max_records=3)
     reader.close()
     pieces = [r.data for r in results if r.data]
     assert len(pieces) == 1 and json.loads(pieces[0]) == [{"i": i} for i in range(50)]
@@ -191,7 +167,7 @@ def test_json_array_output_comes_whole(tmp_path: Path) -> None:
 def test_env_and_working_directory(tmp_path: Path) -> None:
     (tmp_path / "where.sh").write_text('printf \'{"var": "%s", "cwd": "%s"}\\n\' "$EXTRA_VAR" "$(pwd)"\n')
     reader = command_reader(tmp_path, ["sh", "where.sh"], env={"EXTRA_VAR": "hello"})
-    results = read_all(reader)
+    results = read_until_end(reader)
     reader.close()
     record = json.loads(b"".join(r.data for r in results if r.data))
     assert record == {"var": "hello", "cwd": str(tmp_path)}

@@ -9,9 +9,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from clients_for_tests import read_until_end
 
 from connector_core.project import ConnectorSpec
-from connector_core.transports import ReadResult, TransportContext, TransportError, open_transport
+from connector_core.transports import TransportContext, TransportError, open_transport
 from connector_core.transports.file_input import FileInputReader
 
 
@@ -30,17 +31,6 @@ def reader(base_dir: Path, config: dict[str, Any], fmt: dict[str, Any] | None = 
 def as_bytes(data: bytes | memoryview | None) -> bytes | None:
     """Line reads are views of the memory-mapped file; compare them as bytes."""
     return bytes(data) if isinstance(data, memoryview) else data
-
-
-def read_until_end(source: FileInputReader, max_records: int = 1_000) -> list[ReadResult]:
-    results, position = [], None
-    for _ in range(10_000):
-        result = source.read(position, max_records)
-        results.append(result)
-        position = result.position
-        if result.end_of_input:
-            return results
-    raise AssertionError("no end of input")
 
 
 def test_chunks_end_at_newlines_and_rebuild_the_file(tmp_path: Path) -> None:

@@ -8,12 +8,13 @@ import uuid
 from typing import Any
 
 import pytest
-from clients_for_tests import RealClients, make_context
+from clients_for_tests import RealClients, json_lines, open_reader, read_until_count, read_until_end
 from confluent_kafka import Consumer, Producer, TopicPartition
 from fixtures_services import create_topic, free_port
 
-from connector_core.transports import open_transport
 from connector_core.transports.base import ReadResult, TransportError, TransportReader
+
+EOF = {"enable.partition.eof": True}
 
 
 def new_topic() -> str:
@@ -27,59 +28,40 @@ def produce(bootstrap: str, topic: str, values: list[dict[str, Any]], partitions
     assert producer.flush(30) == 0
 
 
+def topic_with(bootstrap: str, values: list[dict[str, Any]], partitions: int = 1) -> str:
+    """A new topic of ``partitions`` partitions holding ``values`` (spread round-robin)."""
+    topic = new_topic()
+    create_topic(bootstrap, topic, partitions=partitions)
+    produce(bootstrap, topic, values, partitions=partitions)
+    return topic
+
+
 def kafka_reader(bootstrap: str, topic: str, name: str = "c", **config: Any) -> TransportReader:
     clients = RealClients(kafka={"main": {"bootstrap.servers": bootstrap}})
-    ctx = make_context(
-        {
-            "name": name,
-            "transport": {"name": "kafka_input", "config": {"connection": "main", "topic": topic, **config}},
-            "format": {"name": "json"},
-        },
-        clients=clients,
-    )
-    return open_transport(ctx)
+    settings = {"connection": "main", "topic": topic, **config}
+    return open_reader("kafka_input", settings, {"name": "json"}, name=name, clients=clients)
 
 
 def records(result: ReadResult) -> list[dict[str, Any]]:
     assert isinstance(result.data, bytes) or result.data is None
-    return [json.loads(line) for line in (result.data or b"").splitlines()]
+    return json_lines(result)
 
 
-def read_until_end(reader: TransportReader, position: Any, max_records: int) -> tuple[list[ReadResult], Any]:
-    results: list[ReadResult] = []
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        result = reader.read(position, max_records)
-        results.append(result)
-        position = result.position
-        if result.end_of_input:
-            return results, position
-    raise AssertionError(f"no end of input; last position {position}")
-
-
-def read_until_count(reader: TransportReader, position: Any, count: int) -> tuple[list[dict[str, Any]], Any]:
+def read_new_records(reader: TransportReader, position: Any, count: int) -> tuple[list[dict[str, Any]], Any]:
     """Read until ``count`` records came (new messages reach the consumer's fetcher a moment after produce)."""
-    got: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 20
-    while len(got) < count and time.monotonic() < deadline:
-        result = reader.read(position, 1000)
-        got += records(result)
-        position = result.position
-    return got, position
+    return read_until_count(reader, count, position, 1000, records=records)
 
 
 def test_reads_every_partition_in_bounded_batches_until_end(kafka_bootstrap: str) -> None:
-    topic = new_topic()
-    create_topic(kafka_bootstrap, topic, partitions=3)
-    produce(kafka_bootstrap, topic, [{"i": i} for i in range(300)], partitions=3)
-    reader = kafka_reader(kafka_bootstrap, topic, **{"enable.partition.eof": True})
+    topic = topic_with(kafka_bootstrap, [{"i": i} for i in range(300)], partitions=3)
+    reader = kafka_reader(kafka_bootstrap, topic, **EOF)
     assert reader.can_finish
-    results, position = read_until_end(reader, None, max_records=40)
+    results = read_until_end(reader, max_records=40)
     reader.close()
     got = [r["i"] for result in results for r in records(result)]
     assert sorted(got) == list(range(300))  # every record once
     assert all(len(records(r)) <= 40 for r in results)
-    assert position == {"0": 100, "1": 100, "2": 100}
+    assert results[-1].position == {"0": 100, "1": 100, "2": 100}
     assert results[-1].end_of_input and results[-1].buffered_records == 0
     assert [r.end_of_input for r in results].count(True) == 1
     first = next(r for r in results if r.data)
@@ -88,10 +70,8 @@ def test_reads_every_partition_in_bounded_batches_until_end(kafka_bootstrap: str
 
 
 def test_lag_counts_what_is_left(kafka_bootstrap: str) -> None:
-    topic = new_topic()
-    create_topic(kafka_bootstrap, topic, partitions=1)
-    produce(kafka_bootstrap, topic, [{"i": i} for i in range(50)])
-    reader = kafka_reader(kafka_bootstrap, topic, **{"enable.partition.eof": True})
+    topic = topic_with(kafka_bootstrap, [{"i": i} for i in range(50)])
+    reader = kafka_reader(kafka_bootstrap, topic, **EOF)
     result = reader.read(None, 10)
     deadline = time.monotonic() + 10
     while not result.data and time.monotonic() < deadline:
@@ -102,17 +82,15 @@ def test_lag_counts_what_is_left(kafka_bootstrap: str) -> None:
 
 
 def test_resume_from_stored_position_reads_only_the_rest(kafka_bootstrap: str) -> None:
-    topic = new_topic()
-    create_topic(kafka_bootstrap, topic, partitions=2)
-    produce(kafka_bootstrap, topic, [{"i": i} for i in range(100)], partitions=2)
-    reader = kafka_reader(kafka_bootstrap, topic, **{"enable.partition.eof": True})
+    topic = topic_with(kafka_bootstrap, [{"i": i} for i in range(100)], partitions=2)
+    reader = kafka_reader(kafka_bootstrap, topic, **EOF)
     first = reader.read(None, 30)
     reader.close()
     assert sum(first.position.values()) == len(records(first))
     # A restart: the position comes back from the sink (as JSON), start_from must not apply any more.
     stored = json.loads(json.dumps(first.position))
-    resumed = kafka_reader(kafka_bootstrap, topic, start_from={"offsets": [45, 45]}, **{"enable.partition.eof": True})
-    results, _ = read_until_end(resumed, stored, max_records=1000)
+    resumed = kafka_reader(kafka_bootstrap, topic, start_from={"offsets": [45, 45]}, **EOF)
+    results = read_until_end(resumed, stored, max_records=1000)
     resumed.close()
     again = [r["i"] for result in results for r in records(result)]
     assert sorted(again + [r["i"] for r in records(first)]) == list(range(100))
@@ -120,10 +98,8 @@ def test_resume_from_stored_position_reads_only_the_rest(kafka_bootstrap: str) -
 
 def test_a_stale_position_rewinds_the_same_reader(kafka_bootstrap: str) -> None:
     """The sink failed to store a batch: the next read gets the older position and must re-read from it."""
-    topic = new_topic()
-    create_topic(kafka_bootstrap, topic, partitions=1)
-    produce(kafka_bootstrap, topic, [{"i": i} for i in range(20)])
-    reader = kafka_reader(kafka_bootstrap, topic, **{"enable.partition.eof": True})
+    topic = topic_with(kafka_bootstrap, [{"i": i} for i in range(20)])
+    reader = kafka_reader(kafka_bootstrap, topic, **EOF)
     first = reader.read(None, 5)
     second = reader.read(first.position, 5)
     replay = reader.read(first.position, 5)
@@ -132,31 +108,20 @@ def test_a_stale_position_rewinds_the_same_reader(kafka_bootstrap: str) -> None:
 
 
 def test_start_from_offsets_per_partition(kafka_bootstrap: str) -> None:
-    topic = new_topic()
-    create_topic(kafka_bootstrap, topic, partitions=2)
-    produce(kafka_bootstrap, topic, [{"i": i} for i in range(20)], partitions=2)  # even -> p0, odd -> p1
-    reader = kafka_reader(kafka_bootstrap, topic, start_from={"offsets": [8, 0]}, **{"enable.partition.eof": True})
-    results, position = read_until_end(reader, None, 1000)
+    topic = topic_with(kafka_bootstrap, [{"i": i} for i in range(20)], partitions=2)  # even -> p0, odd -> p1
+    reader = kafka_reader(kafka_bootstrap, topic, start_from={"offsets": [8, 0]}, **EOF)
+    results = read_until_end(reader, None, 1000)
     reader.close()
     got = sorted(r["i"] for result in results for r in records(result))
     assert got == sorted([16, 18, *range(1, 20, 2)])
-    assert position == {"0": 10, "1": 10}
+    assert results[-1].position == {"0": 10, "1": 10}
 
 
 def test_without_partition_eof_there_is_no_end_and_batches_stay_short(kafka_bootstrap: str) -> None:
-    topic = new_topic()
-    create_topic(kafka_bootstrap, topic, partitions=1)
-    produce(kafka_bootstrap, topic, [{"i": i} for i in range(5)])
+    topic = topic_with(kafka_bootstrap, [{"i": i} for i in range(5)])
     reader = kafka_reader(kafka_bootstrap, topic, poll_timeout_seconds=5)
     assert not reader.can_finish
-    got: list[dict[str, Any]] = []
-    position = None
-    deadline = time.monotonic() + 15
-    while len(got) < 5 and time.monotonic() < deadline:
-        result = reader.read(position, 100)
-        assert not result.end_of_input
-        got += records(result)
-        position = result.position
+    got, position = read_until_count(reader, 5, seconds=15, may_end=False, records=records)
     started = time.monotonic()
     idle = reader.read(position, 100)  # caught up: returns at the partition's end, not after 5 s
     elapsed = time.monotonic() - started
@@ -167,25 +132,21 @@ def test_without_partition_eof_there_is_no_end_and_batches_stay_short(kafka_boot
 
 
 def test_new_messages_after_the_end_are_read(kafka_bootstrap: str) -> None:
-    topic = new_topic()
-    create_topic(kafka_bootstrap, topic, partitions=1)
-    produce(kafka_bootstrap, topic, [{"i": 0}])
-    reader = kafka_reader(kafka_bootstrap, topic, **{"enable.partition.eof": True})
-    _, position = read_until_end(reader, None, 100)
+    topic = topic_with(kafka_bootstrap, [{"i": 0}])
+    reader = kafka_reader(kafka_bootstrap, topic, **EOF)
+    position = read_until_end(reader, None, 100)[-1].position
     produce(kafka_bootstrap, topic, [{"i": 1}, {"i": 2}])
-    got, position = read_until_count(reader, position, 2)
-    results, position = read_until_end(reader, position, 100)
+    got, position = read_new_records(reader, position, 2)
+    results = read_until_end(reader, position, 100)
     reader.close()
     assert got == [{"i": 1}, {"i": 2}]
-    assert all(r.data is None for r in results) and position == {"0": 3}
+    assert all(r.data is None for r in results) and results[-1].position == {"0": 3}
 
 
 def test_default_group_id_receives_the_position(kafka_bootstrap: str) -> None:
-    topic = new_topic()
-    create_topic(kafka_bootstrap, topic, partitions=1)
-    produce(kafka_bootstrap, topic, [{"i": i} for i in range(10)])
+    topic = topic_with(kafka_bootstrap, [{"i": i} for i in range(10)])
     name = f"g{uuid.uuid4().hex[:6]}"
-    reader = kafka_reader(kafka_bootstrap, topic, name=name, **{"enable.partition.eof": True})
+    reader = kafka_reader(kafka_bootstrap, topic, name=name, **EOF)
     first = reader.read(None, 4)
     while not first.data:
         first = reader.read(first.position, 4)
@@ -205,12 +166,13 @@ def test_start_from_latest_on_mock_cluster(kafka_mock_bootstrap: str) -> None:
     """tansu 0.6 answers ListOffsets(latest) with a batch count, so ``latest`` is checked on the mock cluster."""
     topic = new_topic()
     produce(kafka_mock_bootstrap, topic, [{"i": i} for i in range(8)], partitions=4)  # auto-created, 4 partitions
-    reader = kafka_reader(kafka_mock_bootstrap, topic, start_from="latest", **{"enable.partition.eof": True})
-    results, position = read_until_end(reader, None, 100)
+    reader = kafka_reader(kafka_mock_bootstrap, topic, start_from="latest", **EOF)
+    results = read_until_end(reader, None, 100)
     assert all(r.data is None for r in results)
+    position = results[-1].position
     assert position == {"0": 2, "1": 2, "2": 2, "3": 2}
     produce(kafka_mock_bootstrap, topic, [{"i": 100 + i} for i in range(4)], partitions=4)
-    got, position = read_until_count(reader, position, 4)
+    got, position = read_new_records(reader, position, 4)
     reader.close()
     assert sorted(r["i"] for r in got) == [100, 101, 102, 103]
     assert position == {"0": 3, "1": 3, "2": 3, "3": 3}

@@ -11,30 +11,14 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 import pytest
-from clients_for_tests import RealClients, make_context
+from clients_for_tests import RealClients, open_reader, read_until_end
 from fixtures_services import free_port
 
-from connector_core.transports import open_transport
 from connector_core.transports.base import ReadResult, TransportError, TransportReader
 
 
 def pg_reader(dsn: str, **config: Any) -> TransportReader:
-    ctx = make_context(
-        {"transport": {"name": "postgres_input", "config": {"connection": "pg", **config}}},
-        clients=RealClients(postgres={"pg": dsn}),
-    )
-    return open_transport(ctx)
-
-
-def read_all(reader: TransportReader, position: Any = None, max_records: int = 1000) -> list[ReadResult]:
-    results = []
-    for _ in range(1000):
-        result = reader.read(position, max_records)
-        results.append(result)
-        position = result.position
-        if result.end_of_input:
-            return results
-    raise AssertionError("no end of input")
+    return open_reader("postgres_input", {"connection": "pg", **config}, clients=RealClients(postgres={"pg": dsn}))
 
 
 def concat(results: list[ReadResult]) -> pa.Table:
@@ -56,7 +40,7 @@ def numbers(postgres_dsn: str) -> str:
 
 def test_table_in_batches_typed_until_end(numbers: str) -> None:
     reader = pg_reader(numbers, table="numbers", batch_rows=20)
-    results = read_all(reader, max_records=1000)
+    results = read_until_end(reader, max_records=1000)
     reader.close()
     assert [r.data.num_rows for r in results] == [20, 20, 20, 20, 15]
     assert [r.position for r in results] == [20, 40, 60, 80, 95]
@@ -80,7 +64,7 @@ def test_resume_after_restart_skips_rows_done(numbers: str) -> None:
     first = first_reader.read(None, 1000)
     first_reader.close()
     resumed = pg_reader(numbers, table="numbers", batch_rows=30)
-    rest = read_all(resumed, first.position)
+    rest = read_until_end(resumed, first.position)
     resumed.close()
     ids = first.data.column("id").to_pylist() + concat(rest).column("id").to_pylist()
     assert ids == list(range(95))
@@ -101,7 +85,7 @@ def test_query_with_order_by_resumes(numbers: str) -> None:
     first = reader.read(None, 1000)
     reader.close()
     resumed = pg_reader(numbers, query=query, batch_rows=8)
-    rest = read_all(resumed, first.position)
+    rest = read_until_end(resumed, first.position)
     resumed.close()
     doubles = first.data.column("double").to_pylist() + concat(rest).column("double").to_pylist()
     assert doubles == [i * 2 for i in range(94, -1, -1) if i % 3 == 0]
@@ -122,13 +106,13 @@ def test_table_without_primary_key_resumes_in_physical_order(postgres_dsn: str) 
         conn.execute("CREATE TABLE raw.events (v int)")
         conn.execute("INSERT INTO raw.events SELECT (g * 7919) % 1000 FROM generate_series(1, 1000) g")
     reader = pg_reader(postgres_dsn, table="raw.events", batch_rows=300)
-    everything = concat(read_all(reader)).column("v").to_pylist()
+    everything = concat(read_until_end(reader)).column("v").to_pylist()
     reader.close()
     first_reader = pg_reader(postgres_dsn, table="raw.events", batch_rows=300)
     first = first_reader.read(None, 1000)
     first_reader.close()
     resumed = pg_reader(postgres_dsn, table="raw.events", batch_rows=300)
-    rest = concat(read_all(resumed, first.position)).column("v").to_pylist()
+    rest = concat(read_until_end(resumed, first.position)).column("v").to_pylist()
     resumed.close()
     assert sorted(everything) == sorted((g * 7919) % 1000 for g in range(1, 1001))
     assert first.data.column("v").to_pylist() + rest == everything

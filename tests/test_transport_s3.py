@@ -7,9 +7,8 @@ import uuid
 from typing import Any
 
 import pytest
-from clients_for_tests import RealClients, make_context
+from clients_for_tests import RealClients, open_reader, read_until_end
 
-from connector_core.transports import open_transport
 from connector_core.transports.base import ReadResult, TransportError, TransportReader
 
 
@@ -30,22 +29,12 @@ def put(clients: RealClients, bucket: str, key: str, body: bytes) -> None:
 
 
 def s3_reader(clients: RealClients, fmt: str = "json", **config: Any) -> TransportReader:
-    ctx = make_context(
-        {"transport": {"name": "s3_input", "config": config}, "format": {"name": fmt}},
-        clients=clients,
-    )
-    return open_transport(ctx)
+    return open_reader("s3_input", config, {"name": fmt}, clients=clients)
 
 
 def read_all(reader: TransportReader, position: Any = None, max_records: int = 10_000) -> list[ReadResult]:
-    results = []
-    for _ in range(10_000):
-        result = reader.read(position, max_records)
-        results.append(result)
-        position = json.loads(json.dumps(result.position))  # as the sink stores it
-        if result.end_of_input:
-            return results
-    raise AssertionError("no end of input")
+    """Read until end of input, each position passed through JSON first, as the sink stores it."""
+    return read_until_end(reader, position, max_records, as_stored=True)
 
 
 def csv(rows: range) -> bytes:

@@ -6,31 +6,13 @@ import json
 from typing import Any
 
 import pytest
-from clients_for_tests import make_context
+from clients_for_tests import open_reader, read_until_end
 
-from connector_core.transports import open_transport
-from connector_core.transports.base import ReadResult, TransportError, TransportReader
+from connector_core.transports.base import TransportError, TransportReader
 
 
 def url_reader(url: str, chunk_size: int = 1000, fmt: dict[str, Any] | None = None, **config: Any) -> TransportReader:
-    ctx = make_context(
-        {
-            "transport": {"name": "url_input", "config": {"path": url, "chunk_size": chunk_size, **config}},
-            "format": fmt or {"name": "json"},
-        }
-    )
-    return open_transport(ctx)
-
-
-def read_all(reader: TransportReader, position: Any = None, max_records: int = 10_000) -> list[ReadResult]:
-    results = []
-    for _ in range(10_000):
-        result = reader.read(position, max_records)
-        results.append(result)
-        position = result.position
-        if result.end_of_input:
-            return results
-    raise AssertionError("no end of input")
+    return open_reader("url_input", {"path": url, "chunk_size": chunk_size, **config}, fmt or {"name": "json"})
 
 
 @pytest.fixture
@@ -42,7 +24,7 @@ def body(http_server: Any) -> bytes:
 
 def test_whole_body_in_bounded_pieces_ending_at_newlines(http_server: Any, body: bytes) -> None:
     reader = url_reader(http_server.url("data.json"), chunk_size=1000)
-    results = read_all(reader)
+    results = read_until_end(reader)
     reader.close()
     pieces = [r.data for r in results if r.data]
     assert b"".join(pieces) == body
@@ -62,7 +44,7 @@ def test_max_records_bounds_a_piece(http_server: Any, body: bytes) -> None:
     assert first.data is not None and first.data.count(b"\n") == 7
     assert first.position == len(first.data) and not first.end_of_input
     assert first.buffered_records > 0
-    rest = read_all(reader, first.position, max_records=100)
+    rest = read_until_end(reader, first.position, max_records=100)
     reader.close()
     assert first.data + b"".join(r.data for r in rest if r.data) == body
     assert all(r.data.count(b"\n") <= 100 for r in rest if r.data)
@@ -75,7 +57,7 @@ def test_resume_after_restart_reads_only_the_rest(http_server: Any, body: bytes,
     first = reader.read(None, 50)
     reader.close()  # the process "restarts": a new reader gets the stored position
     resumed = url_reader(http_server.url("data.json"))
-    rest = read_all(resumed, first.position)
+    rest = read_until_end(resumed, first.position)
     resumed.close()
     assert first.data + b"".join(r.data for r in rest if r.data) == body
     assert not rest[0].starts_object
@@ -101,7 +83,7 @@ def test_position_beyond_a_shrunk_body_is_an_error(http_server: Any, body: bytes
 
 def test_last_line_without_newline_is_delivered(http_server: Any) -> None:
     (http_server.directory / "tail.json").write_bytes(b'{"a": 1}\n{"a": 2}')
-    results = read_all(url_reader(http_server.url("tail.json")))
+    results = read_until_end(url_reader(http_server.url("tail.json")))
     assert b"".join(r.data for r in results if r.data) == b'{"a": 1}\n{"a": 2}'
     assert results[-1].end_of_input and results[-1].position == 17
 
@@ -117,7 +99,7 @@ def test_json_array_body_comes_whole(http_server: Any) -> None:
 def test_json_array_is_detected_without_array_flag(http_server: Any) -> None:
     data = b"  \n" + json.dumps([{"i": i} for i in range(300)], indent=1).encode()
     (http_server.directory / "array.json").write_bytes(data)
-    results = read_all(url_reader(http_server.url("array.json"), chunk_size=100), max_records=5)
+    results = read_until_end(url_reader(http_server.url("array.json"), chunk_size=100), max_records=5)
     assert [r.data for r in results] == [data] and results[0].starts_object and results[0].end_of_input
 
 
