@@ -12,6 +12,8 @@ Fixtures:
 - ``postgres_dsn`` (function): DSN of a fresh database ``test_<random>`` on 127.0.0.1:5432, dropped afterwards
   (``$TEST_POSTGRES_ADMIN_DSN`` overrides the server's admin DSN).
 - ``http_server`` (function): an :class:`HttpTestServer` on 127.0.0.1, port 0.
+- ``fakesnow_server`` (module): connection kwargs of a fakesnow server (the real Snowflake connector speaks to it
+  over HTTP on a free loopback port); the database ``RAW`` exists.
 """
 
 from __future__ import annotations
@@ -152,6 +154,22 @@ def s3_endpoint() -> Iterator[str]:
             yield f"http://{host}:{port}"
         finally:
             server.stop()
+
+
+# ----------------------------------------------------------------------------------------------- Snowflake
+SNOWFLAKE_DATABASE = "RAW"
+
+
+@pytest.fixture(scope="module")
+def fakesnow_server() -> Iterator[dict[str, Any]]:
+    """A fakesnow server on a free port; its connection kwargs. The database ``RAW`` exists."""
+    import fakesnow
+    import snowflake.connector
+
+    with fakesnow.server() as kwargs:
+        with snowflake.connector.connect(**kwargs) as conn:
+            conn.cursor().execute(f"CREATE DATABASE IF NOT EXISTS {SNOWFLAKE_DATABASE}")
+        yield kwargs
 
 
 # ---------------------------------------------------------------------------------------------- PostgreSQL

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -227,3 +230,34 @@ def test_a_translator_subclass_changes_keys_everywhere(project_file: Path) -> No
     assert spec.skippable, "a table with no active connector must be allowed to materialize nothing"
     ingest = defs.resolve_job_def("shop__ingest")
     assert key in ingest.asset_layer.executable_asset_keys
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("valid", [True, False], ids=["example", "bad-key"])
+def test_dagster_definitions_validate_on_the_workspace(tmp_path: Path, valid: bool) -> None:
+    """``dagster definitions validate -w workspace.yaml`` passes on the example project file (a copy, so the
+    state lands in tmp) and, on a bad key, prints the key path without a traceback."""
+    text = (REPO / "connectors.yaml").read_text()
+    if not valid:
+        text = text.replace("labels: [price.backfill]", "labels: [price.backfill]\n            colour: red")
+    project_file = tmp_path / "connectors.yaml"
+    project_file.write_text(text)
+    env = {**os.environ, "CONNECTORS_PROJECT_FILE": str(project_file), "DAGSTER_HOME": str(tmp_path)}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    if valid:
+        assert result.returncode == 0, output
+        assert "Validation successful" in output
+    else:
+        assert result.returncode != 0
+        assert "pipelines.example.tables.price.connectors[0].colour" in output and "unknown key" in output
+        assert "Traceback" not in output

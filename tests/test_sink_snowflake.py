@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-import fakesnow
 import pyarrow as pa
 import pytest
-import snowflake.connector
 from clients_for_tests import keeps_only_the_first_batch
 from dagster_snowflake import SnowflakeResource
+from fixtures_services import SNOWFLAKE_DATABASE as DATABASE
 
 from connector_core.formats import arrow_schema_for_columns
 from connector_core.pipeline import Pipeline
@@ -25,17 +23,7 @@ from connector_core.sinks.snowflake import SnowflakeSink
 
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
 
-DATABASE = "RAW"
 COLUMNS = {"id": "BIGINT", "name": "VARCHAR", "price": "DOUBLE", "day": "DATE", "at": "TIMESTAMP", "ok": "BOOLEAN"}
-
-
-@pytest.fixture(scope="module")
-def fakesnow_server() -> Iterator[dict[str, Any]]:
-    """A fakesnow server on a free port; its connection kwargs. The database ``RAW`` exists."""
-    with fakesnow.server() as kwargs:
-        with snowflake.connector.connect(**kwargs) as conn:
-            conn.cursor().execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
-        yield kwargs
 
 
 @pytest.fixture(scope="module")
