@@ -12,7 +12,7 @@ Fixtures:
 - ``postgres_dsn`` (function): DSN of a fresh database ``test_<random>`` on 127.0.0.1:5432, dropped afterwards
   (``$TEST_POSTGRES_ADMIN_DSN`` overrides the server's admin DSN).
 - ``http_server`` (function): an :class:`HttpTestServer` on 127.0.0.1, port 0.
-- ``fakesnow_server`` (module): connection kwargs of a fakesnow server (the real Snowflake connector speaks to it
+- ``fakesnow_server`` (session): connection kwargs of a fakesnow server (the real Snowflake connector speaks to it
   over HTTP on a free loopback port); the database ``RAW`` exists.
 """
 
@@ -160,9 +160,10 @@ def s3_endpoint() -> Iterator[str]:
 SNOWFLAKE_DATABASE = "RAW"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fakesnow_server() -> Iterator[dict[str, Any]]:
-    """A fakesnow server on a free port; its connection kwargs. The database ``RAW`` exists."""
+    """A fakesnow server on a free port; its connection kwargs. The database ``RAW`` exists. Session-wide: the
+    first ``fakesnow.server()`` call imports the submodule ``fakesnow.server``, which shadows the function."""
     import fakesnow
     import snowflake.connector
 
