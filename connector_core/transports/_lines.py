@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from connector_core.project import ConnectorSpec
+from connector_core.transports.base import ReadResult
 
 
 def splits_at_newlines(connector: ConnectorSpec) -> bool:
@@ -55,6 +56,24 @@ class LineBuffer:
         self._data.clear()
         self.newlines = 0
         return piece
+
+    def take_piece(self, whole: bool, max_bytes: int, max_lines: int, final: bool) -> bytes:
+        """The next piece: with ``whole`` (a JSON array, parsed in one piece) everything once the input ended
+        (``final``), else :meth:`take`."""
+        if whole:
+            return self.take_all() if final else b""
+        return self.take(max_bytes, max_lines, final=final)
+
+    def result(self, piece: bytes, start: int, offset: int, end_of_input: bool) -> ReadResult:
+        """The :class:`ReadResult` of a piece taken at byte ``start`` of the stream; ``offset``: after it."""
+        return ReadResult(
+            data=piece or None,
+            position=offset,
+            end_of_input=end_of_input,
+            bytes_read=len(piece),
+            buffered_records=self.newlines,
+            starts_object=bool(piece) and start == 0,
+        )
 
     def take(self, max_bytes: int, max_lines: int, final: bool = False) -> bytes:
         """Remove and return whole lines: at most ``max_lines`` lines and ``max_bytes`` bytes (one line longer

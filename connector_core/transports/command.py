@@ -80,10 +80,7 @@ class CommandReader:
                 f"command {self._name} wrote {skipped} bytes, fewer than the stored position {start}; "
                 "a command must write the same output on every run to resume"
             )
-        if self._whole:
-            piece = self._buffer.take_all() if self._stdout_closed else b""
-        else:
-            piece = self._buffer.take(self._config.chunk_size, max_records, final=self._stdout_closed)
+        piece = self._buffer.take_piece(self._whole, self._config.chunk_size, max_records, self._stdout_closed)
         assert self._offset is not None
         self._offset += len(piece)
         end = False
@@ -94,14 +91,7 @@ class CommandReader:
                 if not piece:
                     raise TransportError(self._failed)
             end = code == 0
-        return ReadResult(
-            data=piece or None,
-            position=self._offset,
-            end_of_input=end,
-            bytes_read=len(piece),
-            buffered_records=self._buffer.newlines,
-            starts_object=bool(piece) and start == 0,
-        )
+        return self._buffer.result(piece, start, self._offset, end)
 
     def close(self) -> None:
         """Stop the program (SIGTERM, then SIGKILL) and release its pipes."""

@@ -62,23 +62,13 @@ class UrlReader:
             # A connection dropped while idle between batches: ask again for the rest, once.
             self._open(start)
             self._fill(max_records)
-        if self._whole:
-            piece = self._buffer.take_all() if self._eof else b""
-        else:
-            piece = self._buffer.take(self._config.chunk_size, max_records, final=self._eof)
+        piece = self._buffer.take_piece(self._whole, self._config.chunk_size, max_records, self._eof)
         assert self._offset is not None
         self._offset += len(piece)
         end = self._eof and len(self._buffer) == 0
         if end:
             self._close_response()
-        return ReadResult(
-            data=piece or None,
-            position=self._offset,
-            end_of_input=end,
-            bytes_read=len(piece),
-            buffered_records=self._buffer.newlines,
-            starts_object=bool(piece) and start == 0,
-        )
+        return self._buffer.result(piece, start, self._offset, end)
 
     def close(self) -> None:
         """Close the HTTP response."""
