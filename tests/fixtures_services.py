@@ -9,6 +9,7 @@ Fixtures:
   ``get_watermark_offsets`` and ``start_from: latest`` are wrong there; watermarks in fetch answers are right).
   The mock cluster auto-creates topics with 4 partitions and has no CreateTopics.
 - ``s3_endpoint`` (session): URL of a moto S3 server (``ThreadedMotoServer``) with dummy AWS credentials set.
+- ``s3_bucket`` (function): a new, empty bucket on that server.
 - ``postgres_dsn`` (function): DSN of a fresh database ``test_<random>`` on 127.0.0.1:5432, dropped afterwards
   (``$TEST_POSTGRES_ADMIN_DSN`` overrides the server's admin DSN).
 - ``http_server`` (function): an :class:`HttpTestServer` on 127.0.0.1, port 0.
@@ -18,6 +19,7 @@ Fixtures:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -132,6 +134,29 @@ def create_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
         future.result(timeout=30)
 
 
+def new_topic() -> str:
+    """A topic name no other test uses."""
+    return f"t_{uuid.uuid4().hex[:10]}"
+
+
+def produce(bootstrap: str, topic: str, values: list[Any], partitions: int = 1) -> None:
+    """Write ``values`` as JSON messages, spread round-robin over ``partitions`` partitions."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for index, value in enumerate(values):
+        producer.produce(topic, json.dumps(value).encode(), partition=index % partitions)
+    assert producer.flush(30) == 0
+
+
+def topic_with(bootstrap: str, values: list[Any], partitions: int = 1) -> str:
+    """A new topic of ``partitions`` partitions holding ``values`` (spread round-robin)."""
+    topic = new_topic()
+    create_topic(bootstrap, topic, partitions=partitions)
+    produce(bootstrap, topic, values, partitions=partitions)
+    return topic
+
+
 # ------------------------------------------------------------------------------------------------------ S3
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
@@ -154,6 +179,16 @@ def s3_endpoint() -> Iterator[str]:
             yield f"http://{host}:{port}"
         finally:
             server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A new, empty bucket on the moto server."""
+    import boto3
+
+    name = f"b-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
 
 
 # ----------------------------------------------------------------------------------------------- Snowflake

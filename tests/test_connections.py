@@ -10,23 +10,12 @@ from typing import Any
 
 import pytest
 from fixtures_services import SNOWFLAKE_DATABASE, free_port
+from test_lifecycle import open_lifecycle as open_test_lifecycle
+from test_lifecycle import statuses
 
 from connector_core.lifecycle import Lifecycle
-from connector_core.pipeline import Pipeline
-from connector_core.project import parse_project
-from resources import build_clients
 
 SECRET = "pw-0f9e8d"
-
-
-@pytest.fixture
-def bucket(s3_endpoint: str) -> str:
-    """A new bucket on the moto server."""
-    import boto3
-
-    name = f"b-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
-    return name
 
 
 @pytest.fixture
@@ -49,36 +38,15 @@ def snowflake_connection(fakesnow_server: dict[str, Any], password_env: str, por
     }
 
 
-def open_lifecycle(
-    tmp_path: Path, connections: dict[str, Any], bucket: str, sink: dict[str, Any] | None = None
-) -> Lifecycle:
-    """A pipeline whose one table reads ``bucket`` through the ``s3`` connection, with the given connections."""
-    pipeline = {
-        "sink": sink or {"kind": "duckdb", "path": str(tmp_path / "warehouse.duckdb")},
-        "connections": connections,
-        "tables": {
-            "orders": {
-                "columns": {"id": "BIGINT"},
-                "connectors": [
-                    {
-                        "name": "files",
-                        "transport": {
-                            "name": "s3_input",
-                            "config": {"connection": "s3", "bucket": bucket, "prefix": "orders/"},
-                        },
-                        "format": {"name": "json"},
-                    }
-                ],
-            }
-        },
+def open_lifecycle(tmp_path: Path, connections: dict[str, Any], bucket: str, **pipeline_extra: Any) -> Lifecycle:
+    """test_lifecycle's pipeline with ``connections``, whose one table reads ``bucket`` through ``s3``."""
+    connector = {
+        "name": "files",
+        "transport": {"name": "s3_input", "config": {"connection": "s3", "bucket": bucket, "prefix": "orders/"}},
+        "format": {"name": "json"},
     }
-    project = parse_project({"pipelines": {"p": pipeline}})
-    pipeline_ = Pipeline(project, "p", state_dir=tmp_path / "state")
-    return Lifecycle(pipeline_, build_clients(pipeline_))
-
-
-def statuses(life: Lifecycle) -> tuple[str | None, str | None]:
-    return life.state.status, life.state.configuration_status
+    tables = {"orders": {"columns": {"id": "BIGINT"}, "connectors": [connector]}}
+    return open_test_lifecycle(tmp_path, connections=connections, tables=tables, **pipeline_extra)
 
 
 @pytest.fixture
@@ -92,8 +60,10 @@ def good_connections(
     }
 
 
-def test_connect_reaches_kafka_s3_and_snowflake(tmp_path: Path, good_connections: dict[str, Any], bucket: str) -> None:
-    life = open_lifecycle(tmp_path, good_connections, bucket)
+def test_connect_reaches_kafka_s3_and_snowflake(
+    tmp_path: Path, good_connections: dict[str, Any], s3_bucket: str
+) -> None:
+    life = open_lifecycle(tmp_path, good_connections, s3_bucket)
     assert life.configure().ok
     response = life.connect()
     assert response.ok, response
@@ -110,7 +80,7 @@ def test_connect_reaches_kafka_s3_and_snowflake(tmp_path: Path, good_connections
     ],
 )
 def test_connect_names_the_connection_that_cannot_be_reached(
-    tmp_path: Path, good_connections: dict[str, Any], bucket: str, broken: str, cause: str
+    tmp_path: Path, good_connections: dict[str, Any], s3_bucket: str, broken: str, cause: str
 ) -> None:
     closed = free_port()
     connections = dict(good_connections)
@@ -118,7 +88,7 @@ def test_connect_names_the_connection_that_cannot_be_reached(
         connections["events"] = {"kind": "kafka", "config": {"bootstrap.servers": f"127.0.0.1:{closed}"}}
     elif broken == "sf":
         connections["sf"] = {**connections["sf"], "port": closed}
-    life = open_lifecycle(tmp_path, connections, bucket if broken != "s3" else "no-such-bucket")
+    life = open_lifecycle(tmp_path, connections, s3_bucket if broken != "s3" else "no-such-bucket")
     assert life.configure().ok
     response = life.connect()
     assert response.response_code == "CONNECTION_FAILED"
@@ -129,7 +99,7 @@ def test_connect_names_the_connection_that_cannot_be_reached(
     assert SECRET not in response.message, "the password is never printed"
 
 
-def test_update_warehouse_on_a_snowflake_sink(tmp_path: Path, good_connections: dict[str, Any], bucket: str) -> None:
+def test_update_warehouse_on_a_snowflake_sink(tmp_path: Path, good_connections: dict[str, Any], s3_bucket: str) -> None:
     schema = f"S_{uuid.uuid4().hex[:8].upper()}"
     sink = {
         "kind": "snowflake",
@@ -138,7 +108,7 @@ def test_update_warehouse_on_a_snowflake_sink(tmp_path: Path, good_connections: 
         "schema": schema,
         "warehouse": "LOAD_WH",
     }
-    life = open_lifecycle(tmp_path, good_connections, bucket, sink=sink)
+    life = open_lifecycle(tmp_path, good_connections, s3_bucket, sink=sink)
     assert life.setup(confirm_prerequisites=True).ok
     assert life.update_warehouse("OTHER_WH").response_code == "INVALID_CONNECTOR_STATUS", "only while paused"
     assert life.pause().ok

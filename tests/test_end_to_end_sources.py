@@ -5,7 +5,6 @@ HTTP, into the DuckDB sink. A second run ingests nothing twice; no secret reache
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import duckdb
 import psycopg
 import pytest
 from click.testing import CliRunner
-from fixtures_services import HttpTestServer, create_topic
+from fixtures_services import HttpTestServer, topic_with
 
 from connector_cli.main import cli
 
@@ -46,15 +45,6 @@ pipelines:
 """
 
 
-def kafka_records(bootstrap: str, topic: str, ids: range) -> None:
-    from confluent_kafka import Producer
-
-    producer = Producer({"bootstrap.servers": bootstrap})
-    for i in ids:
-        producer.produce(topic, json.dumps({"id": i, "amount": i / 2}).encode())
-    assert producer.flush(30) == 0
-
-
 @pytest.fixture
 def project(
     tmp_path: Path,
@@ -62,22 +52,19 @@ def project(
     kafka_bootstrap: str,
     postgres_dsn: str,
     s3_endpoint: str,
+    s3_bucket: str,
     http_server: HttpTestServer,
 ) -> Path:
-    topic = f"orders-{uuid.uuid4().hex[:8]}"
-    create_topic(kafka_bootstrap, topic)
-    kafka_records(kafka_bootstrap, topic, range(0, 100))
+    topic = topic_with(kafka_bootstrap, [{"id": i, "amount": i / 2} for i in range(100)])
 
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE old_orders (id BIGINT PRIMARY KEY, amount DOUBLE PRECISION)")
         conn.execute("INSERT INTO old_orders SELECT i, i / 2.0 FROM generate_series(100, 299) AS i")
 
-    bucket = f"lake-{uuid.uuid4().hex[:8]}"
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    s3.create_bucket(Bucket=bucket)
     for part, ids in enumerate((range(300, 350), range(350, 400))):
         body = "id,amount\n" + "".join(f"{i},{i / 2}\n" for i in ids)
-        s3.put_object(Bucket=bucket, Key=f"orders/part-{part}.csv", Body=body.encode())
+        s3.put_object(Bucket=s3_bucket, Key=f"orders/part-{part}.csv", Body=body.encode())
 
     (http_server.directory / "feed.json").write_text(
         "".join(json.dumps({"id": i, "amount": i / 2}) + "\n" for i in range(400, 450))
@@ -87,7 +74,7 @@ def project(
     monkeypatch.setenv("E2E_PG_DSN", postgres_dsn)
     path = tmp_path / "connectors.yaml"
     path.write_text(
-        PROJECT.format(s3_endpoint=s3_endpoint, topic=topic, bucket=bucket, url=http_server.url("/feed.json"))
+        PROJECT.format(s3_endpoint=s3_endpoint, topic=topic, bucket=s3_bucket, url=http_server.url("/feed.json"))
     )
     return path
 

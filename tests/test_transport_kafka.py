@@ -9,31 +9,12 @@ from typing import Any
 
 import pytest
 from clients_for_tests import RealClients, json_lines, open_reader, read_until_count, read_until_end
-from confluent_kafka import Consumer, Producer, TopicPartition
-from fixtures_services import create_topic, free_port
+from confluent_kafka import Consumer, TopicPartition
+from fixtures_services import free_port, new_topic, produce, topic_with
 
 from connector_core.transports.base import ReadResult, TransportError, TransportReader
 
 EOF = {"enable.partition.eof": True}
-
-
-def new_topic() -> str:
-    return f"t_{uuid.uuid4().hex[:10]}"
-
-
-def produce(bootstrap: str, topic: str, values: list[dict[str, Any]], partitions: int = 1) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-    for index, value in enumerate(values):
-        producer.produce(topic, json.dumps(value).encode(), partition=index % partitions)
-    assert producer.flush(30) == 0
-
-
-def topic_with(bootstrap: str, values: list[dict[str, Any]], partitions: int = 1) -> str:
-    """A new topic of ``partitions`` partitions holding ``values`` (spread round-robin)."""
-    topic = new_topic()
-    create_topic(bootstrap, topic, partitions=partitions)
-    produce(bootstrap, topic, values, partitions=partitions)
-    return topic
 
 
 def kafka_reader(bootstrap: str, topic: str, name: str = "c", **config: Any) -> TransportReader:

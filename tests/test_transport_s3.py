@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 import pytest
@@ -18,10 +17,8 @@ def clients(s3_endpoint: str) -> RealClients:
 
 
 @pytest.fixture
-def bucket(clients: RealClients) -> str:
-    name = f"b-{uuid.uuid4().hex[:10]}"
-    clients.s3_client(None).create_bucket(Bucket=name)
-    return name
+def bucket(s3_bucket: str) -> str:
+    return s3_bucket
 
 
 def put(clients: RealClients, bucket: str, key: str, body: bytes) -> None:
