@@ -9,32 +9,34 @@ closing it (the close holds DuckDB's last checkpoint), each run in a fresh inter
 alternate and the best of ``--repeat`` runs of each counts.
 
 Goal: ratio >= 0.7 and peak < 500 MB. Measured on the 2-core machine of this project (best of 5, 1M records,
-both sides in fresh interpreters, alternating): baseline 0.31-0.35 s, connector 0.45-0.53 s, ratio 0.66-0.70;
-peak 350 MB, 366-372 MB on the 3x file, ~410 MB on a 6x file (one chunk at a time; what grows slowly is DuckDB's
-own buffer cache of the file it writes). The host is noisy: with the baseline warm in the parent process and the
-connector cold in a child, the ratio read 0.49-0.72 within a few minutes. The memory goal is met; the ratio is at
-the goal's edge, for these measured reasons:
+both sides in fresh interpreters, alternating; three runs in a row): baseline 0.42-0.45 s, connector 0.55-0.59 s,
+**ratio 0.75-0.76**; peak 297 MB, 317-322 MB on the 3x file (one chunk at a time; what grows slowly is DuckDB's own
+buffer cache of the file it writes). The host is noisy: single runs move by up to +-0.1, hence best-of-N.
 
-* The baseline is one DuckDB pipeline: its yyjson reader parses the 80 MB and appends to the table in one
-  transaction, ~0.62 CPU-seconds spread over both cores.
-* The connector hands records over as Arrow (the sink takes Arrow tables; parse errors are found per record):
-  ``pyarrow.json.read_json`` with the explicit schema ~0.20 s wall for the 3 chunks, the DuckDB insert of those
-  Arrow tables ~0.18 s, and 0.01-0.17 s of checkpoints (at a commit or at the close; ``SET max_vacuum_tasks = 0``
-  measured no gain).
-* One sink transaction over several reads (the batch bounded by records, bytes and one second) measured no
-  faster overall and its peak memory grew with the transaction (544 MB on the 6x file): not kept.
-* Both halves already keep both cores busy, so overlapping them gains nothing (measured: a read-ahead thread
-  parsing chunk n+1 during the insert of chunk n, and DuckDB scanning pyarrow's streaming reader, were both
-  within noise or slower). Even the whole file as one batch (``--chunk-mb 96``) only reaches 0.71, at 620 MB on
-  the 3x file.
-* Feeding the chunks to DuckDB's own JSON reader instead (through a tmpfs file) measured 0.70-0.74 raw, i.e. no
-  better once the connector's per-batch work is added, and DuckDB's casting rules ("12" into BIGINT accepted)
-  would change which records are parse errors.
-* What was tuned: ``file_input`` hands out a memoryview of the memory-mapped file (no copy of the chunk: 0.60 ->
-  0.66), the sink holds one DuckDB connection per session and remembers its own marks (DuckDB lets one process
-  write a file), 32 MB chunks (16 MB: partial row groups per commit, ~1.1 s; 64 MB: no gain, +80 MB), inserts
-  with ``preserve_insertion_order`` off, and ``max_batch_size`` above the records of a chunk so that no line
-  count is needed (``chunk_size`` bounds the batch).
+How the connector gets there: the DuckDB sink reads JSON itself (``DuckDBSink.write_json_lines``): each chunk of
+the file goes to a private scratch file on tmpfs and one ``INSERT ... SELECT * FROM read_json(...)`` parses and
+inserts it in DuckDB's own parallel pipeline, in the transaction that also stores the connector's mark. Only a chunk
+holding a record DuckDB rejects is read again record by record (bisection with the same DuckDB reader, so the rules
+do not change with the neighbours of a record).
+
+What was measured on the way (the earlier Arrow path is still what ``format: {name: json, config: {reader:
+arrow}}``, processors and the Snowflake sink use):
+
+* Arrow path: ``pyarrow.json.read_json`` with the explicit schema, then DuckDB's insert of the Arrow table: ratio
+  0.66-0.70 on a quieter day, 0.55 on this one (pyarrow's JSON parse alone ~0.35-0.45 s for the 80 MB, the insert
+  ~0.28 s).
+* One sink transaction over several reads (bounded by records, bytes and one second): no faster, and peak memory
+  grew with the transaction (544 MB on a 6x file). A read-ahead thread parsing chunk n+1 during the insert of chunk
+  n, and DuckDB scanning pyarrow's streaming reader: within noise or slower (both halves already use both cores).
+  ``preserve_insertion_order`` on: much slower. ``SET max_vacuum_tasks = 0`` and a 1 GB ``checkpoint_threshold``:
+  no gain.
+* ``read_json``'s ``maximum_object_size`` sizes its buffers: raising it to the chunk size (32 MB) slowed the load
+  from 0.50 s to 0.75 s, so the one-pass load keeps DuckDB's default and only the record-by-record path raises it.
+* Chunk size: 16 MB commits partial row groups (0.84 s), 64 MB is no faster than 32 MB and costs ~55 MB more.
+* Also tuned: ``file_input`` hands out a memoryview of the memory-mapped file (no copy of the chunk), the sink holds
+  one DuckDB connection per session and remembers its own marks (DuckDB lets one process write a file), inserts run
+  with ``preserve_insertion_order`` off, and ``max_batch_size`` is above the records of a chunk so that no line count
+  is needed (``chunk_size`` bounds the batch).
 """
 
 from __future__ import annotations

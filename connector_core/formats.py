@@ -6,6 +6,9 @@ When that call fails because of a malformed or incompatible record, the input is
 with numpy, slices are zero-copy views) and bisected: each half is parsed again, so ``k`` bad records among ``n``
 cost ``O(k log n)`` pyarrow calls. Casting to the table's schema is bisected over rows the same way. Each bad
 record becomes ``(index, reason)``, ``index`` being its record number within the input.
+
+A sink may bring its own JSON reader (``json_reader``, e.g. DuckDB's ``read_json``): it replaces pyarrow's for the
+whole input, bisection included, and raises :class:`RecordError` for a record it rejects.
 """
 
 from __future__ import annotations
@@ -68,19 +71,41 @@ class ParsedBatch:
     errors: list[tuple[int, str]] = field(default_factory=list)
 
 
-def parse(data: bytes | memoryview, fmt: Format, schema: pa.Schema | None, starts_object: bool = False) -> ParsedBatch:
+class RecordError(ValueError):
+    """A reader could not read a record into the schema (raised by readers that are not pyarrow's)."""
+
+
+#: A reader of whole line-delimited records: (buffer, schema or ``None`` to infer) -> Arrow table. It raises one
+#: of :data:`RECORD_ERRORS` when a record is malformed or does not fit the schema.
+Reader = Callable[[pa.Buffer, pa.Schema | None], pa.Table]
+
+
+def parse(
+    data: bytes | memoryview,
+    fmt: Format,
+    schema: pa.Schema | None,
+    starts_object: bool = False,
+    json_reader: Reader | None = None,
+) -> ParsedBatch:
     """Parse ``data`` (whole records) into ``schema`` (or an inferred one when ``None``).
 
     ``data`` may be a memoryview (e.g. of a memory-mapped file): JSON lines and parquet are read from it without
     a copy. A malformed or incompatible record is an entry of ``errors``; the other records still parse.
+    ``json_reader`` replaces pyarrow's JSON reader (a sink's own reader, e.g. DuckDB's ``read_json``): which
+    records are errors is then that reader's decision.
     """
     if fmt.name == "parquet":
         return _parse_parquet(data, schema)
     if fmt.name == "csv":
         return _parse_csv(data, fmt.config, schema, starts_object)
     if fmt.name == "json":
-        return _parse_json(data, fmt.config, schema)
+        return _parse_json(data, fmt.config, schema, json_reader)
     raise ValueError(f"unknown format {fmt.name!r}; use json, csv or parquet")
+
+
+def is_json_array(data: bytes | memoryview, fmt: Format) -> bool:
+    """Whether ``data`` in JSON format ``fmt`` is a JSON array (rather than JSON lines)."""
+    return bool(fmt.config.get("array")) or _first_byte(data) == b"["
 
 
 def empty_table(schema: pa.Schema | None) -> pa.Table:
@@ -91,6 +116,8 @@ def empty_table(schema: pa.Schema | None) -> pa.Table:
 # ------------------------------------------------------------------------------------------------ casting
 #: What pyarrow raises for a record it cannot read or cast.
 ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+#: What any reader raises for a record it cannot read or cast.
+RECORD_ERRORS = (*ARROW_ERRORS, RecordError)
 
 
 def _bisect(lo: int, hi: int, attempt: Callable[[int, int], None], errors: list[tuple[int, str]]) -> None:
@@ -98,7 +125,7 @@ def _bisect(lo: int, hi: int, attempt: Callable[[int, int], None], errors: list[
     add those to ``errors``. One bad record among n costs O(log n) attempts."""
     try:
         attempt(lo, hi)
-    except ARROW_ERRORS as exc:
+    except RECORD_ERRORS as exc:
         if hi - lo == 1:
             errors.append((lo, _reason(exc)))
         else:
@@ -187,9 +214,6 @@ class _Lines:
         return self.buffer.slice(begin, end - begin)
 
 
-Reader = Callable[[pa.Buffer, pa.Schema | None], pa.Table]
-
-
 def _parse_records(
     buffer: pa.Buffer,
     read: Reader,
@@ -199,7 +223,7 @@ def _parse_records(
     """Parse line-delimited records with ``read``; on failure bisect the lines to find the bad ones."""
     try:
         whole = read(buffer.slice(lines_from), schema)
-    except ARROW_ERRORS:
+    except RECORD_ERRORS:
         whole = None
     if whole is not None:
         return _finish([(whole, None)], [], schema)
@@ -311,14 +335,17 @@ def _first_byte(data: bytes | memoryview) -> bytes:
     return b""
 
 
-def _parse_json(data: bytes | memoryview, config: dict[str, Any], schema: pa.Schema | None) -> ParsedBatch:
+def _parse_json(
+    data: bytes | memoryview, config: dict[str, Any], schema: pa.Schema | None, reader: Reader | None
+) -> ParsedBatch:
     first = _first_byte(data)
     if not first:
         return ParsedBatch(empty_table(schema))
+    read = reader or _json_reader(schema)
     if not (config.get("array") or first == b"["):
-        return _parse_records(pa.py_buffer(data), _json_reader(schema), schema)
+        return _parse_records(pa.py_buffer(data), read, schema)
     lines, element_of_line, errors = _json_array_as_lines(bytes(data))
-    parsed = _parse_records(pa.py_buffer(lines), _json_reader(schema), schema)
+    parsed = _parse_records(pa.py_buffer(lines), read, schema)
     parsed.errors = sorted(errors + [(int(element_of_line[line]), reason) for line, reason in parsed.errors])
     return parsed
 

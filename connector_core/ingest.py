@@ -43,10 +43,10 @@ from typing import Any
 import pyarrow as pa
 
 from connector_core.clients import ConnectionClients
-from connector_core.formats import ParsedBatch, conform, empty_table, parse
+from connector_core.formats import ParsedBatch, conform, empty_table, is_json_array, parse
 from connector_core.pipeline import ConnectorHandle, Pipeline
 from connector_core.project import Format, Processor
-from connector_core.sinks import Sink, SinkMark, open_sink
+from connector_core.sinks import JsonReadingSink, Sink, SinkMark, open_sink
 from connector_core.state import BatchCommit
 from connector_core.transports import TransportContext, TransportError, TransportReader, open_transport
 
@@ -229,33 +229,62 @@ class IngestSession:
             handle.state.update_progress(result.buffered_records, result.end_of_input)
             return
 
-        parsed = self._records(handle, result.data, result.starts_object)
-        rows = parsed.table
-        nbytes = result.bytes_read or (rows.nbytes if isinstance(result.data, pa.Table) else 0)
-        new_mark = SinkMark(
-            connector_id=handle.connector_id,
-            position=result.position,
-            batch_seq=base.batch_seq + 1,
-            total_records=base.total_records + rows.num_rows,
-            total_bytes=base.total_bytes + nbytes,
-        )
-        self.sink.write(handle.table, rows, new_mark)
+        nbytes = result.bytes_read
+
+        def mark_for(records: int) -> SinkMark:
+            return SinkMark(
+                connector_id=handle.connector_id,
+                position=result.position,
+                batch_seq=base.batch_seq + 1,
+                total_records=base.total_records + records,
+                total_bytes=base.total_bytes + nbytes,
+            )
+
+        records = self._load_json_lines(handle, result.data, mark_for)
+        errors: list[tuple[int, str]] = []
+        if records is None:
+            parsed = self._records(handle, result.data, result.starts_object)
+            rows, errors = parsed.table, parsed.errors
+            if isinstance(result.data, pa.Table) and not nbytes:
+                nbytes = rows.nbytes
+            records = rows.num_rows
+            self.sink.write(handle.table, rows, mark_for(records))
         handle.state.commit_batch(
             BatchCommit(
                 position=result.position,
-                batch_seq=new_mark.batch_seq,
-                records=rows.num_rows,
+                batch_seq=base.batch_seq + 1,
+                records=records,
                 bytes=nbytes,
                 end_of_input=result.end_of_input,
                 buffered_records=result.buffered_records,
-                parse_errors=parsed.errors,
+                parse_errors=errors,
                 transport_errors=len(result.transport_errors),
             )
         )
-        report.records = rows.num_rows
+        report.records = records
         report.bytes = nbytes
-        report.parse_errors = len(parsed.errors)
+        report.parse_errors = len(errors)
         report.transport_errors += len(result.transport_errors)
+
+    def _load_json_lines(
+        self, handle: ConnectorHandle, data: bytes | memoryview | pa.Table | None, mark_for: Callable[[int], SinkMark]
+    ) -> int | None:
+        """Hand JSON lines straight to a sink that reads JSON itself (one pass, no Arrow step); the records
+        loaded, or ``None`` when this batch takes the Arrow path (other format, processors, no table yet, or a
+        record the sink rejected)."""
+        fmt = handle.spec.format
+        if (
+            not isinstance(self.sink, JsonReadingSink)
+            or isinstance(data, pa.Table)
+            or not data
+            or fmt is None
+            or not fmt.sink_reader_allowed
+            or is_json_array(data, fmt)
+            or handle.spec.processors
+            or self._table_schema(handle.table) is None
+        ):
+            return None
+        return self.sink.write_json_lines(handle.table, data, mark_for)
 
     def _reconcile(self, handle: ConnectorHandle, mark: SinkMark | None) -> SinkMark:
         """Bring the connector database to the sink's mark (the truth); return the mark to resume from."""
@@ -293,7 +322,9 @@ class IngestSession:
             fmt = handle.spec.format
             if fmt is None:
                 raise TransportError(f"{handle.endpoint}: the transport returned bytes but no format is set")
-            parsed = parse(data, fmt, schema, starts_object)
+            sink = self.sink
+            own_reader = isinstance(sink, JsonReadingSink) and fmt.sink_reader_allowed and schema is not None
+            parsed = parse(data, fmt, schema, starts_object, sink.json_reader(table) if own_reader else None)
         else:
             parsed = ParsedBatch(empty_table(schema))
         rows = parsed.table

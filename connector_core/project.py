@@ -200,6 +200,10 @@ class Backup(Strict):
     max_age_hours: float = Field(default=24, gt=0)
 
 
+#: Values of the json format's ``reader`` key.
+JSON_READERS = ("auto", "arrow")
+
+
 class Format(Strict):
     """How bytes from a transport become records."""
 
@@ -208,14 +212,24 @@ class Format(Strict):
 
     @model_validator(mode="after")
     def _known_keys(self) -> Format:
-        allowed = {"json": {"array"}, "csv": {"header", "delimiter"}, "parquet": set()}[self.name]
+        allowed = {"json": {"array", "reader"}, "csv": {"header", "delimiter"}, "parquet": set()}[self.name]
         unknown = sorted(set(self.config) - allowed)
         if unknown:
             raise ValueError(
                 f"unknown {self.name} format config key(s) {', '.join(unknown)}; "
                 f"allowed: {', '.join(sorted(allowed)) or 'none'}"
             )
+        if self.config.get("reader", "auto") not in JSON_READERS:
+            raise ValueError(
+                f"json format reader {self.config['reader']!r} is not one of {', '.join(JSON_READERS)} "
+                "(auto: the sink's own JSON reader when it has one, else pyarrow's; arrow: always pyarrow's)"
+            )
         return self
+
+    @property
+    def sink_reader_allowed(self) -> bool:
+        """Whether JSON may be read by the sink's own reader (``reader: auto``, the default)."""
+        return self.name == "json" and self.config.get("reader", "auto") == "auto"
 
 
 class Transport(Strict):

@@ -16,6 +16,7 @@ import duckdb
 
 from connector_core.pipeline import Pipeline
 from connector_core.project import parse_project
+from connector_core.sinks.duckdb import SCRATCH_DIR, SCRATCH_PREFIX
 
 REPO = Path(__file__).resolve().parent.parent
 RECORDS = 40_000
@@ -111,6 +112,7 @@ def test_kill_9_at_random_moments_neither_loses_nor_duplicates(tmp_path: Path) -
         pipeline.state.put(conn, "status", "STARTED")
 
     kills = 0
+    killed_pids: set[str] = set()
     started = time.monotonic()
     while kills < KILLS and time.monotonic() - started < KILL_PHASE_SECONDS:
         child = start_child(tmp_path, kills)
@@ -121,6 +123,7 @@ def test_kill_9_at_random_moments_neither_loses_nor_duplicates(tmp_path: Path) -
         except subprocess.TimeoutExpired:
             child.kill()  # SIGKILL
             child.wait()
+            killed_pids.add(str(child.pid))
             kills += 1
 
     final = start_child(tmp_path, kills + 1)
@@ -144,3 +147,6 @@ def test_kill_9_at_random_moments_neither_loses_nor_duplicates(tmp_path: Path) -
     assert metrics.end_of_input and metrics.num_parse_errors == 0
     assert pipeline.connector("t", "file").state.position() == (source.stat().st_size, mark[0][1])
     pipeline.close()
+    # Killed runs leave their DuckDB scratch files behind; the next run removes them (tmpfs holds memory).
+    left = [p.name for p in SCRATCH_DIR.glob(f"{SCRATCH_PREFIX}*") if p.name.split("-")[2] in killed_pids]
+    assert left == [], f"seed {seed}"

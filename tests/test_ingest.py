@@ -49,9 +49,9 @@ def session_factory(tmp_path: Path) -> Any:
         session.close()
 
 
-def file_connector(path: str, **extra: Any) -> dict[str, Any]:
+def file_connector(path: str, reader: str = "auto", **extra: Any) -> dict[str, Any]:
     return {"name": "file", "transport": {"name": "file_input", "config": {"path": path}},
-            "format": {"name": "json"}, **extra}
+            "format": {"name": "json", "config": {"reader": reader}}, **extra}
 
 
 def run_to_end(session: IngestSession, table: str, max_batches: int = 1_000) -> list[Any]:
@@ -64,8 +64,13 @@ def run_to_end(session: IngestSession, table: str, max_batches: int = 1_000) -> 
     raise AssertionError("never finished")
 
 
+@pytest.mark.parametrize(
+    ("reader", "reason"),
+    [("auto", lambda n: f'"bad {n}"'), ("arrow", lambda n: "string")],
+    ids=["duckdb-reader", "arrow-reader"],
+)
 def test_malformed_records_are_counted_the_last_100_kept_and_the_rest_lands(
-    tmp_path: Path, session_factory: Any
+    tmp_path: Path, session_factory: Any, reader: str, reason: Any
 ) -> None:
     bad_lines = set(range(3, 1_000, 7))  # 143 malformed records spread over every batch
     lines = [
@@ -75,7 +80,7 @@ def test_malformed_records_are_counted_the_last_100_kept_and_the_rest_lands(
     (tmp_path / "items.json").write_text("\n".join(lines) + "\n")
     pipeline = open_pipeline(tmp_path, {"items": {
         "columns": {"id": "BIGINT", "name": "VARCHAR", "price": "DOUBLE"},
-        "connectors": [file_connector("items.json", max_batch_size=300)],
+        "connectors": [file_connector("items.json", reader=reader, max_batch_size=300)],
     }})
     session = session_factory(pipeline)
     reports = run_to_end(session, "items")
@@ -94,12 +99,35 @@ def test_malformed_records_are_counted_the_last_100_kept_and_the_rest_lands(
     assert stats["metrics"]["total_bytes"] == (tmp_path / "items.json").stat().st_size
     expected_indices = [n % 300 for n in sorted(bad_lines)][-100:]  # index = record number within its batch
     assert [e["index"] for e in stats["parse_errors"]] == expected_indices
-    assert all("string" in e["message"] for e in stats["parse_errors"])
+    kept = sorted(bad_lines)[-100:]
+    assert all(reason(n) in e["message"] for n, e in zip(kept, stats["parse_errors"], strict=True))
 
     hourly = [row for row in pipeline.hourly_stats() if row["connector"] == "items.file"]
     assert sum(row["records"] for row in hourly) == 1_000 - len(bad_lines)
     assert sum(row["parse_errors"] for row in hourly) == len(bad_lines)
     assert sum(row["bytes"] for row in hourly) == stats["metrics"]["total_bytes"]
+    pipeline.close()
+
+
+@pytest.mark.parametrize(("reader", "ids"), [("auto", [1, 2, 12]), ("arrow", [1, 2])])
+def test_the_duckdb_sink_reads_json_by_duckdb_s_rules_unless_the_arrow_reader_is_asked_for(
+    tmp_path: Path, session_factory: Any, reader: str, ids: list[int]
+) -> None:
+    """DuckDB casts the string "12" into BIGINT; pyarrow's reader rejects it. Lines and arrays follow the same
+    rules, whether or not the piece holds a malformed record."""
+    (tmp_path / "lines.json").write_text('{"id": 1}\n{"id": "12"}\n{"id": 2}\n')
+    (tmp_path / "array.json").write_text('[{"id": 1}, {"id": "12"}, {"id": 2}]')
+    (tmp_path / "broken.json").write_text('{"id": 1}\n{"id": "12"}\n{"id": 2\n{"id": 2}\n')
+    pipeline = open_pipeline(tmp_path, {
+        name: {"columns": {"id": "BIGINT"}, "connectors": [file_connector(f"{name}.json", reader=reader)]}
+        for name in ("lines", "array", "broken")
+    })
+    session = session_factory(pipeline)
+    for name in ("lines", "array", "broken"):
+        run_to_end(session, name)
+        assert sorted(session.sink.read_table(name)["id"]) == ids, name
+        expected_errors = 3 - len(ids) + (name == "broken")
+        assert pipeline.connector(name, "file").state.metrics().num_parse_errors == expected_errors, name
     pipeline.close()
 
 

@@ -168,6 +168,12 @@ def test_unknown_transport_and_format_names() -> None:
     assert "connectors[1].format.name" in message
 
 
+def test_format_config_keys_and_json_reader_are_checked() -> None:
+    assert "allowed: array, reader" in problems_with(1, "format", {"name": "json", "config": {"arrays": True}})
+    message = problems_with(1, "format", {"name": "json", "config": {"reader": "yyjson"}})
+    assert "connectors[1].format" in message and "'yyjson' is not one of auto, arrow" in message
+
+
 def test_unknown_hook_name() -> None:
     data = base()
     data["pipelines"]["example"]["hooks"] = {"pause_callbak": "m:f"}

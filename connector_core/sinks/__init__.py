@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from connector_core.clients import ConnectionClients
-from connector_core.sinks.base import Sink, SinkError, SinkMark
+from connector_core.sinks.base import JsonReadingSink, Sink, SinkError, SinkMark
 
 if TYPE_CHECKING:
     from connector_core.pipeline import Pipeline
 
-__all__ = ["Sink", "SinkError", "SinkMark", "open_sink", "prepare_tables"]
+__all__ = ["JsonReadingSink", "Sink", "SinkError", "SinkMark", "open_sink", "prepare_tables"]
 
 
 def open_sink(pipeline: Pipeline, clients: ConnectionClients, hold_connection: bool = False) -> Sink:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
+
+from connector_core.formats import Reader
 
 
 def quote(identifier: str) -> str:
@@ -64,4 +67,22 @@ class Sink(Protocol):
 
     def read_table(self, table: str) -> Any:
         """The whole table as a pandas DataFrame (tests, CLI)."""
+        ...
+
+
+@runtime_checkable
+class JsonReadingSink(Protocol):
+    """A sink with its own JSON reader (DuckDB's ``read_json``): it loads JSON lines in one pass, faster than
+    taking them as Arrow, and its casting rules decide which records fit the table."""
+
+    def write_json_lines(
+        self, table: str, data: bytes | memoryview, mark_for: Callable[[int], SinkMark]
+    ) -> int | None:
+        """Load the JSON lines of ``data`` into ``table`` and store ``mark_for(rows loaded)`` in one transaction;
+        return the rows loaded, or ``None`` (nothing written) when a record does not fit: parse them one by one
+        with :meth:`json_reader` then."""
+        ...
+
+    def json_reader(self, table: str) -> Reader:
+        """This sink's JSON-lines reader into ``table``'s columns, for :func:`connector_core.formats.parse`."""
         ...

@@ -1,22 +1,28 @@
 """The embedded sink: a DuckDB database reached through a connection factory (dagster-duckdb's
 ``DuckDBResource.get_connection``).
 
-Rows go in as Arrow (the table is registered with DuckDB and inserted with ``INSERT ... BY NAME SELECT``), and
-the connector's :class:`SinkMark` is upserted into ``_connector_positions`` in the same DuckDB transaction.
+Rows go in as Arrow (the table is registered with DuckDB and inserted with ``INSERT ... BY NAME SELECT``) or, for
+JSON lines, as bytes that DuckDB's own ``read_json`` parses and inserts in one pass (:meth:`DuckDBSink.write_json_lines`);
+either way the connector's :class:`SinkMark` is upserted into ``_connector_positions`` in the same DuckDB transaction.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
+import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
+from connector_core.formats import MAX_REASON_CHARS, Reader, RecordError
 from connector_core.sinks.base import SinkError, SinkMark, quote
 
 POSITIONS_TABLE = "_connector_positions"
@@ -73,6 +79,12 @@ class DuckDBSink:
         self._positions_ready = False
         #: Marks this sink committed while it holds the file (DuckDB lets one process write it): no re-read.
         self._marks: dict[str, SinkMark] = {}
+        #: ``read_json`` columns of each table (``'name': 'TYPE', ...``), read once from the catalog.
+        self._column_types: dict[str, str] = {}
+        global _swept
+        if not _swept:
+            _swept = True
+            sweep_scratch_files()
 
     def connect(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
         """A connection from the factory; with ``hold_connection``, the one held open (opened on first use)."""
@@ -158,10 +170,83 @@ class DuckDBSink:
         The mark must follow the stored one (``batch_seq`` one higher), so two writers racing on the same
         connector cannot both commit the same batch: the loser's transaction is rolled back.
         """
-        view = f"_batch_{uuid.uuid4().hex}"
+
+        def insert(conn: duckdb.DuckDBPyConnection) -> int:
+            if rows.num_rows:
+                self._insert(conn, table, rows)
+            return rows.num_rows
+
+        self._commit(table, insert, lambda _: mark)
+
+    def write_json_lines(
+        self, table: str, data: bytes | memoryview, mark_for: Callable[[int], SinkMark]
+    ) -> int | None:
+        """Load JSON lines with DuckDB's ``read_json`` into ``table``'s columns, and upsert ``mark_for(rows)``, in
+        one transaction; ``None`` (rolled back) when DuckDB rejects a record.
+
+        DuckDB's JSON reader parses and inserts in one parallel pipeline (no Arrow step). Its casting rules decide
+        what fits a column: the string ``"12"`` fits BIGINT, ``1.5`` is rounded into BIGINT, a number or an
+        object fits VARCHAR (as JSON text); malformed JSON, a line that is not an object and a value DuckDB
+        cannot cast (``"x"`` into DOUBLE) are rejected.
+        """
+        source = self._read_json_sql(table)
+        with _scratch_file(data) as path:
+
+            def insert(conn: duckdb.DuckDBPyConnection) -> int:
+                with _rejected_records():
+                    return conn.execute(f"INSERT INTO {self._name(table)} BY NAME {source(path)}").fetchall()[0][0]
+
+            try:
+                return self._commit(table, insert, mark_for)
+            except RecordError:
+                return None
+
+    def json_reader(self, table: str) -> Reader:
+        """DuckDB's ``read_json`` into ``table``'s columns, giving Arrow (the reader of the record-by-record
+        path when :meth:`write_json_lines` was refused, so that one batch follows one set of rules)."""
+
+        def read(buffer: pa.Buffer, _schema: pa.Schema | None) -> pa.Table:
+            # Records of any size (DuckDB's default limit is 16 MB a record; a larger limit slows its reader down,
+            # so only this record-by-record path raises it).
+            source = self._read_json_sql(table, largest_record=buffer.size + 1)
+            with _scratch_file(memoryview(buffer)) as path, self.connect() as conn, _rejected_records():
+                return conn.sql(source(path)).to_arrow_table()
+
+        return read
+
+    def _read_json_sql(self, table: str, largest_record: int = 0) -> Callable[[str], str]:
+        """``SELECT * FROM read_json(path, ...)`` with ``table``'s column types, as a function of the path."""
+        if table not in self._column_types:
+            with self.connect() as conn:
+                described = conn.execute(
+                    "SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+                    [self.schema, table],
+                ).fetchall()
+            if not described:
+                raise SinkError(f"DuckDB table {self._name(table)} does not exist")
+            self._column_types[table] = ", ".join(f"{_literal(name)}: {_literal(kind)}" for name, kind in described)
+        columns = self._column_types[table]
+        limit = f", maximum_object_size = {largest_record}" if largest_record > _DEFAULT_LARGEST_RECORD else ""
+
+        def sql(path: str) -> str:
+            return (
+                f"SELECT * FROM read_json({_literal(path)}, format = 'newline_delimited', columns = {{{columns}}}"
+                f"{limit})"
+            )
+
+        return sql
+
+    def _commit(
+        self,
+        table: str,
+        insert: Callable[[duckdb.DuckDBPyConnection], int],
+        mark_for: Callable[[int], SinkMark],
+    ) -> int:
+        """One transaction: check that the new mark follows the stored one, ``insert`` rows, upsert the mark."""
         positions = self._name(POSITIONS_TABLE)
         try:
-            with self.connect() as conn:
+            with self.connect() as conn, self._unordered(conn):
                 if not self._positions_ready:
                     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)}")
                     conn.execute(
@@ -172,17 +257,18 @@ class DuckDBSink:
                     self._positions_ready = True
                 conn.execute("BEGIN TRANSACTION")
                 try:
+                    expected = mark_for(0)  # connector and batch number do not depend on the rows
                     previous = conn.execute(
-                        f"SELECT batch_seq FROM {positions} WHERE connector_id = ?", [mark.connector_id]
+                        f"SELECT batch_seq FROM {positions} WHERE connector_id = ?", [expected.connector_id]
                     ).fetchall()
                     stored_seq = previous[0][0] if previous else 0
-                    if stored_seq != mark.batch_seq - 1:
+                    if stored_seq != expected.batch_seq - 1:
                         raise SinkError(
-                            f"connector {mark.connector_id}: batch {mark.batch_seq} does not follow the stored "
-                            f"batch {stored_seq} (another run is ingesting this connector?); nothing written"
+                            f"connector {expected.connector_id}: batch {expected.batch_seq} does not follow the "
+                            f"stored batch {stored_seq} (another run is ingesting this connector?); nothing written"
                         )
-                    if rows.num_rows:
-                        self._insert(conn, table, rows, view)
+                    rows = insert(conn)
+                    mark = mark_for(rows)
                     conn.execute(
                         f"INSERT INTO {positions} VALUES (?, ?, ?, ?, ?, now()) ON CONFLICT (connector_id) DO UPDATE "
                         "SET position = excluded.position, batch_seq = excluded.batch_seq, "
@@ -202,20 +288,30 @@ class DuckDBSink:
                 conn.execute("COMMIT")
             if self.hold_connection:
                 self._marks[mark.connector_id] = mark
+            return rows
         except duckdb.Error as exc:
             raise SinkError(f"cannot write DuckDB table {self._name(table)}: {exc}") from exc
 
-    def _insert(self, conn: duckdb.DuckDBPyConnection, table: str, rows: pa.Table, view: str) -> None:
+    def _insert(self, conn: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
+        view = f"_batch_{uuid.uuid4().hex}"
         conn.register(view, rows)
-        unordered = not self.preserve_insertion_order
         try:
-            if unordered:
-                conn.execute("SET preserve_insertion_order = false")
             conn.execute(f"INSERT INTO {self._name(table)} BY NAME SELECT * FROM {quote(view)}")
         finally:
-            if unordered:
-                conn.execute("RESET preserve_insertion_order")
             conn.unregister(view)
+
+    @contextlib.contextmanager
+    def _unordered(self, conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+        """``preserve_insertion_order`` off around a write transaction (it cannot change within one), unless
+        the sink was asked to keep it."""
+        if self.preserve_insertion_order:
+            yield
+            return
+        conn.execute("SET preserve_insertion_order = false")
+        try:
+            yield
+        finally:
+            conn.execute("RESET preserve_insertion_order")
 
     def row_count(self, table: str) -> int:
         """Rows in ``table`` (0 when it does not exist)."""
@@ -228,3 +324,65 @@ class DuckDBSink:
         """The whole table as a pandas DataFrame."""
         with self.connect() as conn:
             return conn.sql(f"SELECT * FROM {self._name(table)}").df()
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+#: DuckDB's ``read_json`` default ``maximum_object_size``.
+_DEFAULT_LARGEST_RECORD = 16 << 20
+#: Where JSON pieces are written for DuckDB's reader: memory-backed when the machine has it.
+SCRATCH_DIR = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
+#: Scratch files are named ``connector-batch-<pid>-<random>.jsonl``.
+SCRATCH_PREFIX = "connector-batch-"
+_swept = False
+
+
+def sweep_scratch_files() -> list[Path]:
+    """Remove the scratch files of processes that no longer run (killed before removing theirs: on tmpfs they
+    would hold memory until a reboot); return them. Runs once per process when the first sink is made."""
+    removed = []
+    for path in SCRATCH_DIR.glob(f"{SCRATCH_PREFIX}*"):
+        pid = path.name[len(SCRATCH_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _scratch_file(data: bytes | memoryview) -> Iterator[str]:
+    """``data`` in a private temporary file (mode 0600, removed afterwards), for DuckDB's file readers."""
+    handle, path = tempfile.mkstemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", suffix=".jsonl", dir=SCRATCH_DIR)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        yield path
+    finally:
+        os.unlink(path)
+
+
+@contextlib.contextmanager
+def _rejected_records() -> Iterator[None]:
+    """DuckDB's rejection of a record as :class:`RecordError`, with DuckDB's reason but without the scratch
+    file's name, the line number within the piece and DuckDB's hints."""
+    try:
+        yield
+    except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
+        lines = str(exc).strip().splitlines()
+        text = re.sub(r"^[A-Za-z ]+ Error: ", "", lines[0] if lines else type(exc).__name__)
+        text = re.sub(r' in file "[^"]*",?', "", text)
+        text = re.sub(r",? ?(at byte \d+ )?in (line|record/value) \d+", "", text)
+        raise RecordError(text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "...") from exc
