@@ -86,18 +86,20 @@ def parse(
     schema: pa.Schema | None,
     starts_object: bool = False,
     json_reader: Reader | None = None,
+    header: bytes | None = None,
 ) -> ParsedBatch:
     """Parse ``data`` (whole records) into ``schema`` (or an inferred one when ``None``).
 
     ``data`` may be a memoryview (e.g. of a memory-mapped file): JSON lines and parquet are read from it without
     a copy. A malformed or incompatible record is an entry of ``errors``; the other records still parse.
     ``json_reader`` replaces pyarrow's JSON reader (a sink's own reader, e.g. DuckDB's ``read_json``): which
-    records are errors is then that reader's decision.
+    records are errors is then that reader's decision. ``header``: the first line of the CSV object a piece
+    from its middle (``starts_object`` false) belongs to; its fields are then named by it, as at the start.
     """
     if fmt.name == "parquet":
         return _parse_parquet(data, schema)
     if fmt.name == "csv":
-        return _parse_csv(data, fmt.config, schema, starts_object)
+        return _parse_csv(data, fmt.config, schema, starts_object, header)
     if fmt.name == "json":
         return _parse_json(data, fmt.config, schema, json_reader)
     raise ValueError(f"unknown format {fmt.name!r}; use json, csv or parquet")
@@ -398,21 +400,26 @@ def _scan_broken_array(text: str) -> tuple[bytes, np.ndarray, list[tuple[int, st
 
 # ---------------------------------------------------------------------------------------------------- csv
 def _parse_csv(
-    data: bytes | memoryview, config: dict[str, Any], schema: pa.Schema | None, starts_object: bool
+    data: bytes | memoryview,
+    config: dict[str, Any],
+    schema: pa.Schema | None,
+    starts_object: bool,
+    header: bytes | None,
 ) -> ParsedBatch:
     data = bytes(data)
     delimiter = str(config.get("delimiter", ","))
     if len(delimiter) != 1:
         raise ValueError(f"csv delimiter must be one character, got {delimiter!r}")
-    has_header = bool(config.get("header", True)) and starts_object
+    has_header = bool(config.get("header", True))
     buffer = pa.py_buffer(data)
     body_from = 0
     names: list[str] | None = list(schema.names) if schema is not None else None
-    if has_header:
+    if has_header and starts_object:
         stripped = len(data) - len(data.lstrip(b"\r\n"))
         newline = data.find(b"\n", stripped)
         body_from = len(data) if newline < 0 else newline + 1
         header = data[stripped:body_from]
+    if has_header and header is not None:
         if not header.strip():
             return ParsedBatch(empty_table(schema))
         names = pa_csv.read_csv(

@@ -49,6 +49,7 @@ from connector_core.project import Format, Processor
 from connector_core.sinks import JsonReadingSink, Sink, SinkMark, open_sink
 from connector_core.state import BatchCommit
 from connector_core.transports import TransportContext, TransportError, TransportReader, open_transport
+from connector_core.transports.base import ReadResult
 
 #: Seconds a command processor may run on one batch.
 COMMAND_TIMEOUT_SECONDS = 300
@@ -243,7 +244,7 @@ class IngestSession:
         records = self._load_json_lines(handle, result.data, mark_for)
         errors: list[tuple[int, str]] = []
         if records is None:
-            parsed = self._records(handle, result.data, result.starts_object)
+            parsed = self._records(handle, result)
             rows, errors = parsed.table, parsed.errors
             if isinstance(result.data, pa.Table) and not nbytes:
                 nbytes = rows.nbytes
@@ -310,11 +311,10 @@ class IngestSession:
         )
         return truth
 
-    def _records(
-        self, handle: ConnectorHandle, data: bytes | memoryview | pa.Table | None, starts_object: bool
-    ) -> ParsedBatch:
+    def _records(self, handle: ConnectorHandle, result: ReadResult) -> ParsedBatch:
         """Parse, process and cast one piece of input to the sink table (creating the table when needed)."""
         table = handle.table
+        data = result.data
         schema = self._table_schema(table)
         if isinstance(data, pa.Table):
             parsed = conform(data, schema) if schema is not None else ParsedBatch(data)
@@ -324,7 +324,8 @@ class IngestSession:
                 raise TransportError(f"{handle.endpoint}: the transport returned bytes but no format is set")
             sink = self.sink
             own_reader = isinstance(sink, JsonReadingSink) and fmt.sink_reader_allowed and schema is not None
-            parsed = parse(data, fmt, schema, starts_object, sink.json_reader(table) if own_reader else None)
+            json_reader = sink.json_reader(table) if own_reader else None
+            parsed = parse(data, fmt, schema, result.starts_object, json_reader, result.header)
         else:
             parsed = ParsedBatch(empty_table(schema))
         rows = parsed.table

@@ -1,5 +1,5 @@
-"""A :class:`connector_core.clients.ConnectionClients` over real clients, helpers to open and read transports, and a
-check the sink tests share."""
+"""A :class:`connector_core.clients.ConnectionClients` over real clients, helpers to open and read transports, a
+check the sink tests share, and a test pipeline with DuckDB clients for ingest tests."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from connector_core.project import ConnectorSpec
+from dagster_duckdb import DuckDBResource
+
+from connector_core.ingest import IngestSession
+from connector_core.pipeline import Pipeline
+from connector_core.project import ConnectorSpec, parse_project
 from connector_core.sinks import Sink, SinkMark
 from connector_core.transports import open_transport
 from connector_core.transports.base import ReadResult, TransportContext, TransportReader
@@ -166,3 +170,33 @@ def keeps_only_the_first_batch(
     assert sink.row_count(table) == first_rows.num_rows
     if check_mark:
         assert sink.mark("c1") == FIRST_MARK
+
+
+class DuckDBClients:
+    """The part of ConnectionClients a DuckDB pipeline needs, from dagster-duckdb's DuckDBResource."""
+
+    def __init__(self, database: Path):
+        self.resource = DuckDBResource(database=str(database))
+
+    def duckdb_connection(self) -> AbstractContextManager[Any]:
+        return self.resource.get_connection()
+
+
+def open_pipeline(tmp_path: Path, tables: dict[str, Any], status: str = "STARTED") -> Pipeline:
+    """Pipeline ``p`` with ``tables``, its state in ``tmp_path/state``, in ``status``."""
+    project = parse_project({"pipelines": {"p": {"tables": tables}}}, path=tmp_path / "connectors.yaml")
+    pipeline = Pipeline(project, "p", state_dir=tmp_path / "state")
+    with pipeline.state.transaction() as conn:
+        pipeline.state.put(conn, "status", status)
+    return pipeline
+
+
+def run_to_end(session: IngestSession, table: str, max_batches: int = 1_000) -> list[Any]:
+    """Ingest ``table`` batch after batch until no connector has anything left; the table reports."""
+    reports = []
+    for _ in range(max_batches):
+        report = session.ingest_table(table)
+        if not report.batches:
+            return reports
+        reports.append(report)
+    raise AssertionError("never finished")

@@ -4,64 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster_duckdb import DuckDBResource
+from clients_for_tests import open_pipeline, run_to_end
 
-from connector_core.ingest import IngestSession
-from connector_core.pipeline import Pipeline
-from connector_core.project import parse_project
 from connector_core.state import ConnectorState
-
-
-class DuckDBClients:
-    """The part of ConnectionClients a DuckDB pipeline needs, from dagster-duckdb's DuckDBResource."""
-
-    def __init__(self, database: Path):
-        self.resource = DuckDBResource(database=str(database))
-
-    def duckdb_connection(self) -> AbstractContextManager[Any]:
-        return self.resource.get_connection()
-
-
-def open_pipeline(tmp_path: Path, tables: dict[str, Any], status: str = "STARTED") -> Pipeline:
-    project = parse_project({"pipelines": {"p": {"tables": tables}}}, path=tmp_path / "connectors.yaml")
-    pipeline = Pipeline(project, "p", state_dir=tmp_path / "state")
-    with pipeline.state.transaction() as conn:
-        pipeline.state.put(conn, "status", status)
-    return pipeline
-
-
-@pytest.fixture
-def session_factory(tmp_path: Path) -> Any:
-    sessions: list[IngestSession] = []
-
-    def make(pipeline: Pipeline) -> IngestSession:
-        session = IngestSession(pipeline, DuckDBClients(tmp_path / "warehouse.duckdb"), log=lambda _: None)
-        sessions.append(session)
-        return session
-
-    yield make
-    for session in sessions:
-        session.close()
 
 
 def file_connector(path: str, reader: str = "auto", **extra: Any) -> dict[str, Any]:
     return {"name": "file", "transport": {"name": "file_input", "config": {"path": path}},
             "format": {"name": "json", "config": {"reader": reader}}, **extra}
-
-
-def run_to_end(session: IngestSession, table: str, max_batches: int = 1_000) -> list[Any]:
-    reports = []
-    for _ in range(max_batches):
-        report = session.ingest_table(table)
-        if not report.batches:
-            return reports
-        reports.append(report)
-    raise AssertionError("never finished")
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from connector_core.project import ConnectorSpec
 from connector_core.transports.base import ReadResult
 
@@ -14,6 +16,56 @@ def splits_at_newlines(connector: ConnectorSpec) -> bool:
     if fmt.name == "parquet":
         return False
     return not (fmt.name == "json" and fmt.config.get("array"))
+
+
+def needs_header(connector: ConnectorSpec) -> bool:
+    """Whether pieces from the middle of an object need its first line (CSV with a header line)."""
+    fmt = connector.format
+    return fmt is not None and fmt.name == "csv" and bool(fmt.config.get("header", True))
+
+
+#: The longest first line looked for (a CSV header longer than this is not one).
+MAX_HEADER_BYTES = 1 << 20
+
+
+def first_line(read_range: Callable[[int, int], bytes], size: int) -> bytes:
+    """The first line (with its newline) of an object of ``size`` bytes read with ``read_range(offset, length)``,
+    in windows that double from 64 KB."""
+    line = bytearray()
+    window = 64 * 1024
+    while len(line) < min(size, MAX_HEADER_BYTES):
+        block = read_range(len(line), min(window, size - len(line)))
+        if not block:
+            break
+        cut = block.find(b"\n")
+        if cut >= 0:
+            return bytes(line + block[: cut + 1])
+        line += block
+        window *= 2
+    return bytes(line)
+
+
+class FirstLine:
+    """The first line of a stream, collected from the blocks read from its start."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self.line: bytes | None = None  #: set once the first newline (or :data:`MAX_HEADER_BYTES`) was seen
+
+    def see(self, block: bytes) -> None:
+        """Take the next block of the stream (ignored once the line is complete)."""
+        if self.line is not None:
+            return
+        cut = block.find(b"\n")
+        self._data += block if cut < 0 else block[: cut + 1]
+        if cut >= 0 or len(self._data) >= MAX_HEADER_BYTES:
+            self.line = bytes(self._data)
+
+    def end(self) -> bytes:
+        """The stream ended: its first line is what was seen."""
+        if self.line is None:
+            self.line = bytes(self._data)
+        return self.line
 
 
 def may_be_json_array(connector: ConnectorSpec) -> bool:
@@ -64,8 +116,11 @@ class LineBuffer:
             return self.take_all() if final else b""
         return self.take(max_bytes, max_lines, final=final)
 
-    def result(self, piece: bytes, start: int, offset: int, end_of_input: bool) -> ReadResult:
-        """The :class:`ReadResult` of a piece taken at byte ``start`` of the stream; ``offset``: after it."""
+    def result(
+        self, piece: bytes, start: int, offset: int, end_of_input: bool, header: bytes | None = None
+    ) -> ReadResult:
+        """The :class:`ReadResult` of a piece taken at byte ``start`` of the stream; ``offset``: after it;
+        ``header``: the stream's first line (CSV with a header), passed on when the piece starts after it."""
         return ReadResult(
             data=piece or None,
             position=offset,
@@ -73,6 +128,7 @@ class LineBuffer:
             bytes_read=len(piece),
             buffered_records=self.newlines,
             starts_object=bool(piece) and start == 0,
+            header=header if piece and start > 0 else None,
         )
 
     def take(self, max_bytes: int, max_lines: int, final: bool = False) -> bytes:

@@ -33,6 +33,9 @@ class ReadResult:
     bytes_read: int = 0
     buffered_records: int = 0
     starts_object: bool = False  #: ``data`` starts at the beginning of a file/object (a CSV header is there)
+    #: The first line of the file/object when ``data`` starts after it and the format is CSV with a header, so a
+    #: piece from the middle maps its fields by the same column names.
+    header: bytes | None = None
     transport_errors: list[str] = field(default_factory=list)
 
 

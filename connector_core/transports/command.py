@@ -26,8 +26,10 @@ import time
 from typing import IO, Any
 
 from connector_core.transports._lines import (
+    FirstLine,
     LineBuffer,
     may_be_json_array,
+    needs_header,
     splits_at_newlines,
     starts_json_array,
 )
@@ -49,6 +51,8 @@ class CommandReader:
         self._name = shlex.join(self._config.command)
         self._split = splits_at_newlines(ctx.connector)
         self._sniff_array = may_be_json_array(ctx.connector)
+        self._first_line: FirstLine | None = None  #: collects the output's first line (CSV with a header)
+        self._header_wanted = needs_header(ctx.connector)
         self._whole = not self._split  #: the output is one document (parquet, a JSON array): hand it out whole
         self._sniffing = False
         self._process: subprocess.Popen[bytes] | None = None
@@ -91,7 +95,8 @@ class CommandReader:
                 if not piece:
                     raise TransportError(self._failed)
             end = code == 0
-        return self._buffer.result(piece, start, self._offset, end)
+        header = self._first_line.line if self._first_line is not None else None
+        return self._buffer.result(piece, start, self._offset, end, header)
 
     def close(self) -> None:
         """Stop the program (SIGTERM, then SIGKILL) and release its pipes."""
@@ -132,6 +137,7 @@ class CommandReader:
         self._process = process
         self._offset = position
         self._skip = position
+        self._first_line = FirstLine() if self._header_wanted else None
         self._buffer = LineBuffer()
         self._stdout_closed = False
         self._whole = not self._split
@@ -166,6 +172,8 @@ class CommandReader:
             if not data:
                 self._stdout_closed = True
                 return
+            if self._first_line is not None:
+                self._first_line.see(data)  # a rerun writes its output again from the start
             if self._skip:
                 dropped = min(self._skip, len(data))
                 self._skip -= dropped

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from connector_core.transports._lines import first_line, needs_header
 from connector_core.transports.base import ReadResult, TransportContext, TransportError
 from connector_core.transports.configs import FileInputConfig
 
@@ -29,12 +30,20 @@ from connector_core.transports.configs import FileInputConfig
 class FileInputReader:
     """Reads one file from a byte offset."""
 
-    def __init__(self, path: Path, config: FileInputConfig, whole_file_format: bool, array_capable: bool):
+    def __init__(
+        self,
+        path: Path,
+        config: FileInputConfig,
+        whole_file_format: bool,
+        array_capable: bool,
+        header_wanted: bool = False,
+    ):
         self.path = path
         self.config = config
         self.can_finish = not config.follow
         self._whole_file_format = whole_file_format
         self._array_capable = array_capable
+        self._header_wanted = header_wanted
 
     def close(self) -> None:
         """Nothing stays open between reads."""
@@ -69,6 +78,12 @@ class FileInputReader:
                     "the file was truncated or replaced"
                 )
             data = self._read_lines(handle, offset, size)
+            descriptor = handle.fileno()
+            header = (
+                first_line(lambda at, length: os.pread(descriptor, length, at), size)
+                if self._header_wanted and offset > 0 and data
+                else None
+            )
         data = _first_records(data, max(1, max_records))
         new_offset = offset + len(data)
         return ReadResult(
@@ -77,6 +92,7 @@ class FileInputReader:
             end_of_input=not self.config.follow and new_offset >= size,
             bytes_read=len(data),
             starts_object=offset == 0,
+            header=header,
         )
 
     def _read_lines(self, handle: Any, offset: int, size: int) -> bytes:
@@ -162,4 +178,4 @@ def open_reader(ctx: TransportContext) -> FileInputReader:
     fmt = ctx.connector.format
     whole = fmt is not None and (fmt.name == "parquet" or (fmt.name == "json" and bool(fmt.config.get("array"))))
     array_capable = fmt is not None and fmt.name == "json"
-    return FileInputReader(path, config, whole, array_capable)
+    return FileInputReader(path, config, whole, array_capable, needs_header(ctx.connector))

@@ -1,6 +1,7 @@
 """``s3_input``: the objects under ``prefix`` (or the one object ``key``) of ``bucket``, in key order.
 
-Each read returns data of one object only, so a CSV header stays at the start of a piece (``starts_object``).
+Each read returns data of one object only; a piece from the middle of a CSV object comes with the object's first
+line (``header``, one more ranged GET), so its fields map by the same column names.
 Large objects are fetched in ranged GETs of ``chunk_size`` bytes and cut at a newline (formats that cannot be
 cut, parquet or a JSON array, get the whole object at once; with the json format an object whose first character
 is ``[`` is such an array). The bucket is listed at read time, starting after
@@ -19,7 +20,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from connector_core.transports._lines import (
     LineBuffer,
+    first_line,
     may_be_json_array,
+    needs_header,
     splits_at_newlines,
     starts_json_array,
 )
@@ -37,6 +40,7 @@ class S3Reader:
         self._bucket = self._config.bucket
         self._split = splits_at_newlines(ctx.connector)
         self._sniff_array = may_be_json_array(ctx.connector)
+        self._header_wanted = needs_header(ctx.connector)
         try:
             self._client = ctx.clients.s3_client(self._config.connection)
         except Exception as exc:  # a missing secret or a bad endpoint in the connection
@@ -64,12 +68,16 @@ class S3Reader:
         else:
             position = self._position(after, key, done)
             end = False
+        header = None
+        if self._header_wanted and offset > 0 and piece:
+            header = first_line(lambda at, length: self._get(key, at, at + length - 1), size)
         return ReadResult(
             data=piece or None,
             position=position,
             end_of_input=end,
             bytes_read=len(piece),
             starts_object=offset == 0,
+            header=header,
         )
 
     def close(self) -> None:

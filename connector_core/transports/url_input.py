@@ -17,7 +17,14 @@ import urllib.request
 from typing import Any
 
 from connector_core.project import EnvSecret
-from connector_core.transports._lines import LineBuffer, may_be_json_array, splits_at_newlines, starts_json_array
+from connector_core.transports._lines import (
+    FirstLine,
+    LineBuffer,
+    may_be_json_array,
+    needs_header,
+    splits_at_newlines,
+    starts_json_array,
+)
 from connector_core.transports.base import ReadResult, TransportContext, TransportError
 from connector_core.transports.configs import UrlInputConfig
 
@@ -41,6 +48,8 @@ class UrlReader:
         self._url = self._config.path
         self._split = splits_at_newlines(ctx.connector)
         self._sniff_array = may_be_json_array(ctx.connector)
+        self._header_wanted = needs_header(ctx.connector)
+        self._first_line: FirstLine | None = None  #: the body's first line (CSV with a header)
         self._whole = not self._split  #: hand out the whole body at once
         self._sniffing = False  #: still to find out whether the body is a JSON array
         self._response: http.client.HTTPResponse | None = None
@@ -68,7 +77,12 @@ class UrlReader:
         end = self._eof and len(self._buffer) == 0
         if end:
             self._close_response()
-        return self._buffer.result(piece, start, self._offset, end)
+        header = None
+        if self._header_wanted and start > 0 and piece:
+            if self._first_line is None:  # resumed with a range: the start of the body was never read
+                self._first_line = self._fetch_first_line()
+            header = self._first_line.end()
+        return self._buffer.result(piece, start, self._offset, end, header)
 
     def close(self) -> None:
         """Close the HTTP response."""
@@ -82,6 +96,8 @@ class UrlReader:
             if not block:
                 self._eof = True
                 break
+            if self._first_line is not None:
+                self._first_line.see(block)
             self._buffer.feed(block)
             if self._sniffing:
                 is_array = starts_json_array(self._buffer.head())
@@ -105,26 +121,20 @@ class UrlReader:
         self._eof = False
         self._whole = not self._split
         self._sniffing = self._split and self._sniff_array and start == 0
-        headers = {str(k): _header_value(v) for k, v in self._config.headers.items()}
-        if start:
-            headers["Range"] = f"bytes={start}-"
-        request = urllib.request.Request(self._url, headers=headers, method="GET")
+        self._first_line = FirstLine() if self._header_wanted else None
         try:
-            response = urllib.request.urlopen(request, timeout=self._config.timeout_seconds)  # noqa: S310
+            response = self._get(start)
         except urllib.error.HTTPError as exc:
             exc.close()
             if exc.code == 416 and start:
                 self._past_end(start, exc.headers.get("Content-Range"))
                 return
             raise TransportError(f"url_input: GET {self._url} answered HTTP {exc.code} {exc.reason}") from None
-        except urllib.error.URLError as exc:
-            raise TransportError(f"url_input: GET {self._url} failed: {exc.reason}") from None
-        except (OSError, ValueError, http.client.HTTPException) as exc:
-            raise TransportError(f"url_input: GET {self._url} failed: {exc}") from None
         self._response = response
         if not start:
             return
         if response.status == 206:
+            self._first_line = None  # the start of the body is not in this response
             first = _content_range_start(response.headers.get("Content-Range"))
             if first != start:
                 self._close_response()
@@ -133,6 +143,39 @@ class UrlReader:
                 )
             return
         self._skip(start)
+
+    def _get(self, start: int) -> http.client.HTTPResponse:
+        """The response to a GET of the body from byte ``start`` on (``HTTPError`` is left to the caller)."""
+        headers = {str(k): _header_value(v) for k, v in self._config.headers.items()}
+        if start:
+            headers["Range"] = f"bytes={start}-"
+        request = urllib.request.Request(self._url, headers=headers, method="GET")
+        try:
+            return urllib.request.urlopen(request, timeout=self._config.timeout_seconds)  # noqa: S310
+        except urllib.error.HTTPError:
+            raise
+        except urllib.error.URLError as exc:
+            raise TransportError(f"url_input: GET {self._url} failed: {exc.reason}") from None
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            raise TransportError(f"url_input: GET {self._url} failed: {exc}") from None
+
+    def _fetch_first_line(self) -> FirstLine:
+        """The body's first line, from a GET of its start (the response is closed after that line)."""
+        first = FirstLine()
+        try:
+            with self._get(0) as response:
+                while first.line is None:
+                    block = response.read(64 * 1024)
+                    if not block:
+                        break
+                    first.see(block)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            raise TransportError(f"url_input: GET {self._url} answered HTTP {exc.code} {exc.reason}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise TransportError(f"url_input: reading the body of {self._url} failed: {exc!r}") from None
+        first.end()
+        return first
 
     def _skip(self, count: int) -> None:
         """The server sent the whole body: drop the ``count`` bytes already consumed."""
@@ -145,6 +188,8 @@ class UrlReader:
                     f"url_input: the body of {self._url} has {count - left} bytes, fewer than the stored "
                     f"position {count}; the resource changed since it was read"
                 )
+            if self._first_line is not None:
+                self._first_line.see(block)
             left -= len(block)
 
     def _past_end(self, start: int, content_range: str | None) -> None:
