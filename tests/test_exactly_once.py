@@ -16,7 +16,7 @@ import duckdb
 
 from connector_core.pipeline import Pipeline
 from connector_core.project import parse_project
-from connector_core.sinks.duckdb import SCRATCH_DIR, SCRATCH_PREFIX
+from connector_core.sinks.duckdb import SCRATCH_DIRS, SCRATCH_PREFIX
 
 REPO = Path(__file__).resolve().parent.parent
 RECORDS = 40_000
@@ -148,5 +148,7 @@ def test_kill_9_at_random_moments_neither_loses_nor_duplicates(tmp_path: Path) -
     assert pipeline.connector("t", "file").state.position() == (source.stat().st_size, mark[0][1])
     pipeline.close()
     # Killed runs leave their DuckDB scratch files behind; the next run removes them (tmpfs holds memory).
-    left = [p.name for p in SCRATCH_DIR.glob(f"{SCRATCH_PREFIX}*") if p.name.split("-")[2] in killed_pids]
+    left = [
+        p.name for d in SCRATCH_DIRS for p in d.glob(f"{SCRATCH_PREFIX}*") if p.name.split("-")[2] in killed_pids
+    ]
     assert left == [], f"seed {seed}"

@@ -17,7 +17,8 @@ from dagster_duckdb import DuckDBResource
 from connector_core.formats import arrow_schema_for_columns, parse
 from connector_core.project import Format
 from connector_core.sinks import SinkError, SinkMark
-from connector_core.sinks.duckdb import SCRATCH_DIR, SCRATCH_PREFIX, DuckDBSink, sweep_scratch_files
+from connector_core.sinks import duckdb as duckdb_sink
+from connector_core.sinks.duckdb import SCRATCH_DIRS, SCRATCH_PREFIX, DuckDBSink, sweep_scratch_files
 
 COLUMNS = {"id": "BIGINT", "Name With Space": "VARCHAR", "price": "DOUBLE"}
 
@@ -120,7 +121,7 @@ def test_a_held_connection_keeps_the_database_open_until_close(resource: DuckDBR
 
 
 def scratch_files() -> set[str]:
-    return {p.name for p in SCRATCH_DIR.glob(f"{SCRATCH_PREFIX}*")}
+    return {p.name for directory in SCRATCH_DIRS for p in directory.glob(f"{SCRATCH_PREFIX}*")}
 
 
 def test_json_lines_are_loaded_by_duckdb_with_the_mark_in_one_transaction(sink: DuckDBSink) -> None:
@@ -180,8 +181,8 @@ def test_duckdb_json_reader_takes_a_record_larger_than_duckdb_s_default_limit(si
 
 def test_scratch_files_of_dead_processes_are_swept_and_live_ones_kept() -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    left_by_dead = SCRATCH_DIR / f"{SCRATCH_PREFIX}{dead.stdout.strip()}-abc.jsonl"
-    in_use = SCRATCH_DIR / f"{SCRATCH_PREFIX}{os.getpid()}-abc.jsonl"
+    left_by_dead = SCRATCH_DIRS[0] / f"{SCRATCH_PREFIX}{dead.stdout.strip()}-abc.jsonl"
+    in_use = SCRATCH_DIRS[0] / f"{SCRATCH_PREFIX}{os.getpid()}-abc.jsonl"
     for path in (left_by_dead, in_use):
         path.write_bytes(b'{"id": 1}\n')
     try:
@@ -190,3 +191,19 @@ def test_scratch_files_of_dead_processes_are_swept_and_live_ones_kept() -> None:
     finally:
         in_use.unlink(missing_ok=True)
         left_by_dead.unlink(missing_ok=True)
+
+
+def test_a_scratch_folder_that_cannot_take_the_piece_falls_back_to_the_next(
+    sink: DuckDBSink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink.ensure_table("t", COLUMNS, None)
+    fallback = tmp_path / "fallback"
+    fallback.mkdir()
+    monkeypatch.setattr(duckdb_sink, "SCRATCH_DIRS", [tmp_path / "gone", fallback])
+    assert sink.write_json_lines("t", b'{"id": 1}\n', lambda n: SinkMark("c1", 1, 1, n, 10)) == 1
+    assert list(fallback.iterdir()) == []
+
+    monkeypatch.setattr(duckdb_sink, "SCRATCH_DIRS", [tmp_path / "gone"])
+    with pytest.raises(SinkError, match="cannot write a scratch file.*gone"):
+        sink.write_json_lines("t", b'{"id": 2}\n', lambda n: SinkMark("c1", 2, 2, 1 + n, 20))
+    assert sink.row_count("t") == 1

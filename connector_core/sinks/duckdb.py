@@ -333,8 +333,9 @@ def _literal(text: str) -> str:
 
 #: DuckDB's ``read_json`` default ``maximum_object_size``.
 _DEFAULT_LARGEST_RECORD = 16 << 20
-#: Where JSON pieces are written for DuckDB's reader: memory-backed when the machine has it.
-SCRATCH_DIR = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
+#: Where JSON pieces are written for DuckDB's reader, in order of preference: memory-backed when the machine has
+#: it, else (or when it is full, e.g. a container's 64 MB /dev/shm) the system's temporary folder.
+SCRATCH_DIRS = [d for d in (Path("/dev/shm"), Path(tempfile.gettempdir())) if os.access(d, os.W_OK)]
 #: Scratch files are named ``connector-batch-<pid>-<random>.jsonl``.
 SCRATCH_PREFIX = "connector-batch-"
 _swept = False
@@ -344,11 +345,12 @@ def sweep_scratch_files() -> list[Path]:
     """Remove the scratch files of processes that no longer run (killed before removing theirs: on tmpfs they
     would hold memory until a reboot); return them. Runs once per process when the first sink is made."""
     removed = []
-    for path in SCRATCH_DIR.glob(f"{SCRATCH_PREFIX}*"):
-        pid = path.name[len(SCRATCH_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not _process_exists(int(pid)):
-            path.unlink(missing_ok=True)
-            removed.append(path)
+    for directory in SCRATCH_DIRS:
+        for path in directory.glob(f"{SCRATCH_PREFIX}*"):
+            pid = path.name[len(SCRATCH_PREFIX) :].split("-", 1)[0]
+            if pid.isdigit() and not _process_exists(int(pid)):
+                path.unlink(missing_ok=True)
+                removed.append(path)
     return removed
 
 
@@ -364,11 +366,23 @@ def _process_exists(pid: int) -> bool:
 
 @contextlib.contextmanager
 def _scratch_file(data: bytes | memoryview) -> Iterator[str]:
-    """``data`` in a private temporary file (mode 0600, removed afterwards), for DuckDB's file readers."""
-    handle, path = tempfile.mkstemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", suffix=".jsonl", dir=SCRATCH_DIR)
+    """``data`` in a private temporary file (mode 0600, removed afterwards), for DuckDB's file readers; in the
+    first of :data:`SCRATCH_DIRS` that takes it."""
+    failures = []
+    for directory in SCRATCH_DIRS:
+        handle, path = -1, ""
+        try:
+            handle, path = tempfile.mkstemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", suffix=".jsonl", dir=directory)
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+            break
+        except OSError as exc:  # full (ENOSPC) or gone: try the next folder
+            failures.append(f"{directory}: {exc.strerror or exc}")
+            if path:
+                os.unlink(path)
+    else:
+        raise SinkError(f"cannot write a scratch file for DuckDB's JSON reader ({'; '.join(failures) or 'no folder'})")
     try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
         yield path
     finally:
         os.unlink(path)
