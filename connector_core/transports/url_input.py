@@ -122,14 +122,9 @@ class UrlReader:
         self._whole = not self._split
         self._sniffing = self._split and self._sniff_array and start == 0
         self._first_line = FirstLine() if self._header_wanted else None
-        try:
-            response = self._get(start)
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if exc.code == 416 and start:
-                self._past_end(start, exc.headers.get("Content-Range"))
-                return
-            raise TransportError(f"url_input: GET {self._url} answered HTTP {exc.code} {exc.reason}") from None
+        response = self._get(start)
+        if response is None:
+            return
         self._response = response
         if not start:
             return
@@ -144,16 +139,20 @@ class UrlReader:
             return
         self._skip(start)
 
-    def _get(self, start: int) -> http.client.HTTPResponse:
-        """The response to a GET of the body from byte ``start`` on (``HTTPError`` is left to the caller)."""
+    def _get(self, start: int) -> http.client.HTTPResponse | None:
+        """The response to a GET of the body from byte ``start`` on; ``None`` when the range starts at the end."""
         headers = {str(k): _header_value(v) for k, v in self._config.headers.items()}
         if start:
             headers["Range"] = f"bytes={start}-"
         request = urllib.request.Request(self._url, headers=headers, method="GET")
         try:
             return urllib.request.urlopen(request, timeout=self._config.timeout_seconds)  # noqa: S310
-        except urllib.error.HTTPError:
-            raise
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code == 416 and start:
+                self._past_end(start, exc.headers.get("Content-Range"))
+                return None
+            raise TransportError(f"url_input: GET {self._url} answered HTTP {exc.code} {exc.reason}") from None
         except urllib.error.URLError as exc:
             raise TransportError(f"url_input: GET {self._url} failed: {exc.reason}") from None
         except (OSError, ValueError, http.client.HTTPException) as exc:
@@ -162,16 +161,15 @@ class UrlReader:
     def _fetch_first_line(self) -> FirstLine:
         """The body's first line, from a GET of its start (the response is closed after that line)."""
         first = FirstLine()
+        response = self._get(0)
+        assert response is not None  # only a range can start at the end
         try:
-            with self._get(0) as response:
+            with response:
                 while first.line is None:
                     block = response.read(64 * 1024)
                     if not block:
                         break
                     first.see(block)
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            raise TransportError(f"url_input: GET {self._url} answered HTTP {exc.code} {exc.reason}") from None
         except (OSError, http.client.HTTPException) as exc:
             raise TransportError(f"url_input: reading the body of {self._url} failed: {exc!r}") from None
         first.end()
