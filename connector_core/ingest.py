@@ -16,7 +16,8 @@ A batch runs these steps; a ``kill -9`` may hit between any two:
    are the difference of the cumulative totals);
 2. read from the transport **from the mark's position**;
 3. parse, process and cast the records (memory only);
-4. one sink transaction: rows + mark ``batch_seq + 1``;
+4. one sink transaction: rows + mark ``batch_seq + 1`` (JSON lines into DuckDB make 3 and 4 one step: DuckDB's
+   ``read_json`` parses them inside that transaction, see :class:`~connector_core.sinks.JsonReadingSink`);
 5. one SQLite transaction: position, metrics, parse errors and hourly stats (``ConnectorState.commit_batch``).
 
 A crash before step 4 commits leaves nothing behind: the next run reads again from the same position. A crash

@@ -31,18 +31,16 @@ MAX_HEADER_BYTES = 1 << 20
 def first_line(read_range: Callable[[int, int], bytes], size: int) -> bytes:
     """The first line (with its newline) of an object of ``size`` bytes read with ``read_range(offset, length)``,
     in windows that double from 64 KB."""
-    line = bytearray()
-    window = 64 * 1024
-    while len(line) < min(size, MAX_HEADER_BYTES):
-        block = read_range(len(line), min(window, size - len(line)))
+    first = FirstLine()
+    offset, window = 0, 64 * 1024
+    while first.line is None and offset < size:
+        block = read_range(offset, min(window, size - offset))
         if not block:
             break
-        cut = block.find(b"\n")
-        if cut >= 0:
-            return bytes(line + block[: cut + 1])
-        line += block
+        first.see(block)
+        offset += len(block)
         window *= 2
-    return bytes(line)
+    return first.end()
 
 
 class FirstLine:
