@@ -9,9 +9,10 @@ closing it (the close holds DuckDB's last checkpoint), each run in a fresh inter
 alternate and the best of ``--repeat`` runs of each counts.
 
 Goal: ratio >= 0.7 and peak < 500 MB. Measured on the 2-core machine of this project (best of 5, 1M records,
-both sides in fresh interpreters, alternating; three runs in a row): baseline 0.42-0.45 s, connector 0.55-0.59 s,
-**ratio 0.75-0.76**; peak 297 MB, 317-322 MB on the 3x file (one chunk at a time; what grows slowly is DuckDB's own
-buffer cache of the file it writes). The host is noisy: single runs move by up to +-0.1, hence best-of-N.
+both sides in fresh interpreters, alternating; three runs in a row, the connector on the project file's defaults):
+baseline 0.37-0.39 s, connector 0.47-0.51 s, **ratio 0.76-0.80**; peak 299 MB, 318-320 MB on the 3x file (one chunk
+at a time; what grows slowly is DuckDB's own buffer cache of the file it writes). The host is noisy: single runs
+move by up to +-0.1, hence best-of-N.
 
 How the connector gets there: the DuckDB sink reads JSON itself (``DuckDBSink.write_json_lines``): each chunk of
 the file goes to a private scratch file on tmpfs and one ``INSERT ... SELECT * FROM read_json(...)`` parses and
@@ -32,11 +33,17 @@ arrow}}``, processors and the Snowflake sink use):
   no gain.
 * ``read_json``'s ``maximum_object_size`` sizes its buffers: raising it to the chunk size (32 MB) slowed the load
   from 0.50 s to 0.75 s, so the one-pass load keeps DuckDB's default and only the record-by-record path raises it.
-* Chunk size: 16 MB commits partial row groups (0.84 s), 64 MB is no faster than 32 MB and costs ~55 MB more.
+* Chunk size (best of 3): 16 MB 0.89 s, 24 MB 0.71 s, 32 MB 0.48 s, 48 MB 0.74 s, 64 MB 0.59 s (+55 MB). Timing
+  the phases: DuckDB's ``read_json`` + insert of a piece under ~30 MB runs at half the per-MB speed (one core), and
+  the final checkpoint costs 0.15 s or 0.02 s depending on how the last piece falls; ``maximum_object_size`` 1 or
+  4 MB changed none of it.
 * Also tuned: ``file_input`` hands out a memoryview of the memory-mapped file (no copy of the chunk), the sink holds
   one DuckDB connection per session and remembers its own marks (DuckDB lets one process write a file), inserts run
-  with ``preserve_insertion_order`` off, and ``max_batch_size`` is above the records of a chunk so that no line count
-  is needed (``chunk_size`` bounds the batch).
+  with ``preserve_insertion_order`` off, and ``max_batch_size`` is checked by counting newlines in 4 MB blocks
+  (counting a whole chunk at once cost ~20 MB more peak and ratio 0.66-0.75). The connector runs on the project
+  file's defaults, which were set from these measurements: ``chunk_size`` 32 MB and ``max_batch_size`` 1,000,000
+  (with the earlier 100,000 a batch held ~8 MB here and the ratio fell to 0.37: DuckDB loads such small pieces on
+  one core and commits each one).
 """
 
 from __future__ import annotations
@@ -99,7 +106,9 @@ def baseline(path: Path, workdir: Path) -> float:
 
 
 def run_connector(path: Path, workdir: Path, chunk_mb: int) -> dict[str, float]:
-    """Ingest ``path`` with the connector in this process; report seconds, rows and peak memory."""
+    """Ingest ``path`` with the connector in this process; report seconds, rows and peak memory.
+
+    The connector has the project file's defaults (``max_batch_size``, ``chunk_size``) unless ``chunk_mb`` > 0."""
     from dagster_duckdb import DuckDBResource
 
     from connector_core.ingest import IngestSession
@@ -113,6 +122,9 @@ def run_connector(path: Path, workdir: Path, chunk_mb: int) -> dict[str, float]:
         def duckdb_connection(self):  # noqa: ANN201 - the ConnectionClients method the sink needs
             return self.resource.get_connection()
 
+    file_config: dict[str, object] = {"path": str(path)}
+    if chunk_mb:
+        file_config["chunk_size"] = chunk_mb << 20
     run_dir = workdir / f"run-{os.getpid()}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir()
@@ -126,10 +138,9 @@ def run_connector(path: Path, workdir: Path, chunk_mb: int) -> dict[str, float]:
                             "connectors": [
                                 {
                                     "name": "file",
-                                    "max_batch_size": 100_000_000,  # chunk_size bounds a batch; no line count needed
                                     "transport": {
                                         "name": "file_input",
-                                        "config": {"path": str(path), "chunk_size": chunk_mb << 20},
+                                        "config": file_config,
                                     },
                                     "format": {"name": "json"},
                                 }
@@ -188,7 +199,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100,000 records and no scaled run")
     parser.add_argument("--scale", type=int, default=3, help="size factor of the memory run (0: skip it)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each side; the best counts")
-    parser.add_argument("--chunk-mb", type=int, default=32, help="file_input chunk_size in MB")
+    parser.add_argument("--chunk-mb", type=int, default=0, help="file_input chunk_size in MB (0: its default)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--side", choices=["connector", "baseline"], default="connector", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)

@@ -12,7 +12,7 @@ import pytest
 from clients_for_tests import read_until_end
 
 from connector_core.project import ConnectorSpec
-from connector_core.transports import TransportContext, TransportError, open_transport
+from connector_core.transports import TransportContext, TransportError, file_input, open_transport
 from connector_core.transports.file_input import FileInputReader
 
 
@@ -50,6 +50,16 @@ def test_max_records_bounds_lines_per_read(tmp_path: Path) -> None:
     results = read_until_end(reader(tmp_path, {"path": "in.json"}), max_records=10)
     assert [as_bytes(r.data).count(b"\n") for r in results] == [10, 10, 5]
     assert [r.end_of_input for r in results] == [False, False, True]
+
+
+@pytest.mark.parametrize("block", [3, 7, 1 << 20])
+def test_the_record_bound_cuts_at_the_right_newline_across_counting_blocks(
+    block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(file_input, "_COUNT_BLOCK", block)
+    data = b"a\nbb\n\nccc\ndddd"  # 4 newlines, a last line without one
+    for max_records, expected in [(1, b"a\n"), (3, b"a\nbb\n\n"), (4, b"a\nbb\n\nccc\n"), (5, data), (9, data)]:
+        assert bytes(file_input._first_records(memoryview(data), max_records)) == expected, (block, max_records)
 
 
 def test_last_line_without_newline_counts_at_end_of_file(tmp_path: Path) -> None:

@@ -9,6 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+#: Bytes per batch of the byte transports by default: DuckDB parses and inserts a piece of this size on every core
+#: (a piece under ~30 MB runs on one), and the connector holds about one piece at a time.
+DEFAULT_CHUNK_SIZE = 32 * 1024 * 1024
+
 TransportName = Literal["datagen", "file_input", "url_input", "kafka_input", "postgres_input", "s3_input", "command"]
 
 
@@ -57,7 +61,7 @@ class FileInputConfig(_Config):
 
     path: str
     follow: bool = False
-    chunk_size: int = Field(default=16 * 1024 * 1024, gt=0, description="Bytes read per batch at most.")
+    chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, gt=0, description="Bytes read per batch at most.")
 
 
 class UrlInputConfig(_Config):
@@ -69,7 +73,7 @@ class UrlInputConfig(_Config):
         default_factory=dict, description="Extra request headers; values may be {env: NAME}."
     )
     chunk_size: int = Field(
-        default=16 * 1024 * 1024, gt=0, description="Bytes per batch at most (pieces end at a newline)."
+        default=DEFAULT_CHUNK_SIZE, gt=0, description="Bytes per batch at most (pieces end at a newline)."
     )
 
 
@@ -135,7 +139,7 @@ class S3InputConfig(_Config):
     prefix: str | None = None
     key: str | None = None
     chunk_size: int = Field(
-        default=16 * 1024 * 1024, gt=0, description="Bytes per batch at most (pieces end at a newline)."
+        default=DEFAULT_CHUNK_SIZE, gt=0, description="Bytes per batch at most (pieces end at a newline)."
     )
 
     @model_validator(mode="after")
@@ -151,7 +155,7 @@ class CommandInputConfig(_Config):
     command: list[str] = Field(min_length=1, description="argv; the program runs in the project folder")
     env: dict[str, str] = Field(default_factory=dict)
     chunk_size: int = Field(
-        default=16 * 1024 * 1024, gt=0, description="Bytes per batch at most (pieces end at a newline)."
+        default=DEFAULT_CHUNK_SIZE, gt=0, description="Bytes per batch at most (pieces end at a newline)."
     )
     poll_timeout_seconds: float = Field(default=1.0, gt=0, description="Longest wait for output in one batch.")
 

@@ -157,15 +157,24 @@ def _after_next_newline(descriptor: int, start: int, size: int) -> int:
     return -1
 
 
+#: Bytes whose newlines are counted at once (bounds the temporary arrays of :func:`_first_records`).
+_COUNT_BLOCK = 4 << 20
+
+
 def _first_records(data: bytes | memoryview, max_records: int) -> bytes | memoryview:
-    """``data`` cut after its ``max_records``-th line."""
+    """``data`` cut after its ``max_records``-th line (newlines counted block by block, so the count costs a few
+    MB of memory whatever the size of ``data``)."""
     if len(data) <= max_records:
         return data  # a line has at least one byte, so there cannot be too many
-    newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
-    lines = len(newlines) + (1 if data[-1:] != b"\n" else 0)
-    if lines <= max_records:
-        return data
-    return data[: int(newlines[max_records - 1]) + 1]
+    seen = 0
+    for start in range(0, len(data), _COUNT_BLOCK):
+        is_newline = np.frombuffer(data[start : start + _COUNT_BLOCK], dtype=np.uint8) == 10
+        count = int(np.count_nonzero(is_newline))
+        if seen + count >= max_records:
+            cut = start + int(np.flatnonzero(is_newline)[max_records - seen - 1]) + 1
+            return data if cut == len(data) else data[:cut]
+        seen += count
+    return data  # max_records lines or fewer, the last one maybe without a newline
 
 
 def open_reader(ctx: TransportContext) -> FileInputReader:
