@@ -88,6 +88,9 @@ class KafkaInputConfig(_Config):
     enable_partition_eof: bool = Field(default=False, alias="enable.partition.eof")
     poll_timeout_seconds: float = Field(default=1.0, gt=0, description="Longest wait for one batch.")
     metadata_timeout_seconds: float = Field(default=10.0, gt=0, description="Longest wait for the broker's answer.")
+    chunk_size: int = Field(
+        default=DEFAULT_CHUNK_SIZE, gt=0, description="Bytes of message values per batch at most (one more message)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> KafkaInputConfig:
@@ -100,7 +103,7 @@ class KafkaInputConfig(_Config):
         if bad:
             raise ValueError(
                 f"unknown key(s) {', '.join(bad)}; allowed: topic, connection, start_from, enable.partition.eof, "
-                "poll_timeout_seconds, metadata_timeout_seconds and librdkafka settings "
+                "poll_timeout_seconds, metadata_timeout_seconds, chunk_size and librdkafka settings "
                 "(dotted names such as fetch.max.bytes)"
             )
         return self

@@ -6,8 +6,8 @@ monitoring tools). ``start_from`` (``earliest``, ``latest`` or ``{offsets: [one 
 when no position is stored; a partition missing from a stored position (added to the topic later), or from the
 ``offsets`` list, starts at its earliest offset.
 
-A batch is up to ``max_records`` messages, or what arrived within ``poll_timeout_seconds``, or less when every
-partition is at its end. ``data`` is the message values, one per line (a newline inside a JSON value is turned
+A batch is up to ``max_records`` messages or ``chunk_size`` bytes of values (one message more when it crosses that
+bound), or what arrived within ``poll_timeout_seconds``, or less when every partition is at its end. ``data`` is the message values, one per line (a newline inside a JSON value is turned
 into a space; a CSV record must hold none). ``buffered_records`` is the lag: high watermark − next offset, summed.
 End of input only with ``enable.partition.eof: true`` and every partition at its end.
 """
@@ -123,7 +123,7 @@ class KafkaReader:
         size = 0
         deadline = time.monotonic() + self._config.poll_timeout_seconds
         first = True
-        while len(values) < max_records:
+        while len(values) < max_records and size < self._config.chunk_size:
             # At every partition's end: only take what is queued already (no wait), then stop.
             at_end = self._all_at_end()
             remaining = deadline - time.monotonic()
@@ -141,7 +141,10 @@ class KafkaReader:
                 raise TransportError(
                     f"kafka_input: consuming {self._topic} from {self._servers} failed: {exc}"
                 ) from None
-            for message in messages:
+            for index, message in enumerate(messages):
+                if size >= self._config.chunk_size:
+                    self._give_back(messages[index:])
+                    break
                 error = message.error()
                 partition = message.partition()
                 if error is not None:
@@ -254,6 +257,16 @@ class KafkaReader:
         self._at_end = set()
         self._assigned = True
         self._handed_out = None
+
+    def _give_back(self, messages: list[Any]) -> None:
+        """Messages consumed but not handed out (the batch is full): seek their partitions back to the next
+        offset to hand out, so that the next read gets them again."""
+        consumer = self._open_consumer()
+        for partition in sorted({m.partition() for m in messages if m.error() is None}):
+            try:
+                consumer.seek(TopicPartition(self._topic, partition, self._next[partition]))
+            except KafkaException as exc:
+                raise TransportError(f"kafka_input: cannot seek {self._topic}[{partition}]: {exc.args[0]}") from None
 
     def _commit_to_group(self, stored: dict[int, int]) -> None:
         """Copy the sink's position to the consumer group, for lag monitoring (best effort, asynchronous)."""
