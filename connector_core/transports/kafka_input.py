@@ -7,8 +7,9 @@ when no position is stored; a partition missing from a stored position (added to
 ``offsets`` list, starts at its earliest offset.
 
 A batch is up to ``max_records`` messages or ``chunk_size`` bytes of values (one message more when it crosses that
-bound), or what arrived within ``poll_timeout_seconds``, or less when every partition is at its end. ``data`` is the message values, one per line (a newline inside a JSON value is turned
-into a space; a CSV record must hold none). ``buffered_records`` is the lag: high watermark − next offset, summed.
+bound; messages fetched beyond it are sought back and read by the next batch), or what arrived within
+``poll_timeout_seconds``, or less when every partition is at its end. ``data`` is the message values, one per line
+(a newline inside a JSON value is turned into a space; a CSV record must hold none). ``buffered_records`` is the lag: high watermark − next offset, summed.
 End of input only with ``enable.partition.eof: true`` and every partition at its end.
 """
 
@@ -135,7 +136,9 @@ class KafkaReader:
                 message = consumer.poll(0 if at_end else max(0, remaining))
                 if message is None:
                     continue
-                wanted = min(max_records - len(values), 100_000) - 1
+                # As many more as fit the record and byte bounds (messages sized like this one).
+                fit_bytes = (self._config.chunk_size - size) // max(1, len(message.value() or b""))
+                wanted = min(max_records - len(values), 100_000, fit_bytes + 1) - 1
                 messages = [message, *(consumer.consume(num_messages=wanted, timeout=0) if wanted > 0 else ())]
             except KafkaException as exc:
                 raise TransportError(
