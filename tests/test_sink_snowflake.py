@@ -19,7 +19,7 @@ from connector_core.formats import arrow_schema_for_columns
 from connector_core.pipeline import Pipeline
 from connector_core.project import parse_project
 from connector_core.sinks import SinkError, SinkMark, open_sink, prepare_tables
-from connector_core.sinks.snowflake import SnowflakeSink
+from connector_core.sinks.snowflake import STAGE, SnowflakeSink
 
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
 
@@ -85,10 +85,15 @@ def test_rows_and_mark_commit_together(sink: SnowflakeSink) -> None:
     assert list(frame["id"]) == [1, 2, 3, 4, 5]
     assert list(frame["name"])[0] == "o'neil 1"
     assert list(frame["day"])[4] == dt.date(2024, 1, 6)
+    assert list(frame["at"])[2] == dt.datetime(2024, 1, 1, 12, 0, 3)
+    assert list(frame["price"]) == [0.25, 0.5, 0.75, 1.0, 1.25] and list(frame["ok"]) == [False, True] * 2 + [False]
+    with sink._cursor("list the stage") as cursor:  # the rows went through the stage; PURGE removed the files
+        cursor.execute(f"LIST @{sink._name(STAGE)}")
+        assert cursor.fetchall() == []
 
 
 def test_a_failed_insert_rolls_back_rows_and_mark(sink: SnowflakeSink) -> None:
-    bad = pa.table({"id": [2, 3], "no_such_column": ["x", "y"]})
+    bad = pa.table({"id": ["two", "three"]})  # COPY INTO cannot load text into NUMBER
     with keeps_only_the_first_batch(sink, "price", COLUMNS, rows([1])), pytest.raises(SinkError):
         sink.write("price", bad, SinkMark("c1", 3, 2, 3, 30))
 

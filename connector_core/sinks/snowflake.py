@@ -1,25 +1,34 @@
 """The production sink: tables in one Snowflake database and schema, reached through a connection factory
 (dagster-snowflake's ``SnowflakeResource.get_connection``).
 
-Plain SQL only (no PUT/stage, so it also runs against fakesnow): ``BEGIN``, multi-row ``INSERT ... VALUES``
-through ``executemany``, the connector's mark updated in ``_connector_positions``, ``COMMIT``. Identifiers are
-always double-quoted, so table and column names keep the case written in ``connectors.yaml``.
+Rows load in bulk, as Snowflake loads files: the batch's Arrow table is written to a Parquet file and ``PUT`` to the
+schema's internal stage ``_connector_stage`` (under a name of its own), then one transaction runs ``COPY INTO`` the
+table from that file (``PURGE``: the staged file goes once loaded), updates the connector's mark in
+``_connector_positions`` and commits. ``COPY INTO`` must report every row of the batch loaded or the transaction is
+rolled back. No row ever becomes a Python object. Identifiers are always double-quoted, so table and column names
+keep the case written in ``connectors.yaml`` (columns are matched by name without regard to case, so a table must
+not hold two columns whose names differ only in case).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from connector_core.sinks.base import SinkError, SinkMark, quote
 
 POSITIONS_TABLE = "_connector_positions"
-#: Snowflake accepts at most 16,384 rows in one ``VALUES`` clause.
-ROWS_PER_INSERT = 5_000
+#: The internal stage (one per schema) that batches are loaded from.
+STAGE = "_connector_stage"
 
 ConnectionFactory = Callable[[], AbstractContextManager[Any]]
 
@@ -162,15 +171,7 @@ class SnowflakeSink:
         ``WHERE batch_seq = previous``, so of two writers racing on one connector only one commits.
         """
         positions = self._name(POSITIONS_TABLE)
-        with self._cursor(f"write {table}") as cursor:
-            if not self._positions_ready:  # DDL commits by itself in Snowflake: before BEGIN, once
-                self._ensure_schema(cursor)
-                cursor.execute(
-                    f'CREATE TABLE IF NOT EXISTS {positions} ("connector_id" VARCHAR PRIMARY KEY, '
-                    '"position" VARCHAR, "batch_seq" NUMBER(38, 0) NOT NULL, "total_records" NUMBER(38, 0) NOT NULL, '
-                    '"total_bytes" NUMBER(38, 0) NOT NULL, "committed_at" TIMESTAMP_NTZ NOT NULL)'
-                )
-                self._positions_ready = True
+        with self._cursor(f"write {table}") as cursor, self._staged(cursor, rows) as staged:
             placeholder = "?" if getattr(cursor.connection, "_paramstyle", "pyformat") == "qmark" else "%s"
             cursor.execute("BEGIN")
             try:
@@ -185,7 +186,8 @@ class SnowflakeSink:
                         f"connector {mark.connector_id}: batch {mark.batch_seq} does not follow the stored batch "
                         f"{stored_seq} (another run is ingesting this connector?); nothing written"
                     )
-                self._insert(cursor, table, rows, placeholder)
+                if staged is not None:
+                    self._copy_into(cursor, table, staged, rows.num_rows)
                 values = (json.dumps(mark.position), mark.batch_seq, mark.total_records, mark.total_bytes)
                 if previous:
                     cursor.execute(
@@ -212,18 +214,51 @@ class SnowflakeSink:
                 raise
             cursor.execute("COMMIT")
 
-    def _insert(self, cursor: Any, table: str, rows: pa.Table, placeholder: str) -> None:
-        """Multi-row ``INSERT ... VALUES`` in slices of :data:`ROWS_PER_INSERT` rows."""
-        if not rows.num_rows:
+    def _prepare(self, cursor: Any) -> None:
+        """The schema, the positions table and the stage (DDL commits by itself in Snowflake: before BEGIN, once)."""
+        if self._positions_ready:
             return
-        column_list = ", ".join(quote(name) for name in rows.column_names)
-        statement = (
-            f"INSERT INTO {self._name(table)} ({column_list}) VALUES ({', '.join([placeholder] * rows.num_columns)})"
+        self._ensure_schema(cursor)
+        cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {self._name(POSITIONS_TABLE)} "
+            '("connector_id" VARCHAR PRIMARY KEY, "position" VARCHAR, "batch_seq" NUMBER(38, 0) NOT NULL, '
+            '"total_records" NUMBER(38, 0) NOT NULL, "total_bytes" NUMBER(38, 0) NOT NULL, '
+            '"committed_at" TIMESTAMP_NTZ NOT NULL)'
         )
-        for start in range(0, rows.num_rows, ROWS_PER_INSERT):
-            piece = rows.slice(start, ROWS_PER_INSERT)
-            values = list(zip(*(column.to_pylist() for column in piece.columns), strict=True))
-            cursor.executemany(statement, values)
+        cursor.execute(f"CREATE STAGE IF NOT EXISTS {self._name(STAGE)}")
+        self._positions_ready = True
+
+    @contextmanager
+    def _staged(self, cursor: Any, rows: pa.Table) -> Iterator[str | None]:
+        """``rows`` as a Parquet file PUT to the stage (before the transaction: PUT is not transactional); the
+        staged folder, ``None`` for no rows. The local file is removed afterwards, the staged one when the load did
+        not purge it."""
+        self._prepare(cursor)
+        if not rows.num_rows:
+            yield None
+            return
+        cursor.execute(f"USE DATABASE {quote(self.database)}")  # COPY's load history lives in the current one
+        folder = f"@{self._name(STAGE)}/{uuid.uuid4().hex}"
+        with tempfile.TemporaryDirectory(prefix="connector-batch-") as local:
+            path = Path(local) / "batch.parquet"
+            pq.write_table(rows, path)
+            cursor.execute(f"PUT '{path.as_uri()}' {folder} AUTO_COMPRESS = FALSE OVERWRITE = TRUE")
+        try:
+            yield folder
+        except BaseException:
+            with contextlib.suppress(Exception):  # the load failed: leave no staged file behind
+                cursor.execute(f"REMOVE {folder}")
+            raise
+
+    def _copy_into(self, cursor: Any, table: str, folder: str, expected: int) -> None:
+        """Load the staged batch; every row must load, or the transaction is rolled back."""
+        cursor.execute(
+            f"COPY INTO {self._name(table)} FROM {folder} FILE_FORMAT = (TYPE = PARQUET USE_LOGICAL_TYPE = TRUE) "
+            "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE PURGE = TRUE"
+        )
+        loaded = sum(int(row[3]) for row in cursor.fetchall())  # file, status, rows_parsed, rows_loaded, ...
+        if loaded != expected:
+            raise SinkError(f"COPY INTO {table} loaded {loaded} of the batch's {expected} rows; nothing written")
 
     def row_count(self, table: str) -> int:
         """Rows in ``table`` (0 when it does not exist)."""
