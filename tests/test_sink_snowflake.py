@@ -11,11 +11,12 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from clients_for_tests import keeps_only_the_first_batch
+from clients_for_tests import keeps_only_the_first_batch, run_to_end
 from dagster_snowflake import SnowflakeResource
 from fixtures_services import SNOWFLAKE_DATABASE as DATABASE
 
 from connector_core.formats import arrow_schema_for_columns
+from connector_core.ingest import IngestSession
 from connector_core.pipeline import Pipeline
 from connector_core.project import parse_project
 from connector_core.sinks import SinkError, SinkMark, open_sink, prepare_tables
@@ -150,4 +151,51 @@ def test_open_sink_and_prepare_tables_for_a_snowflake_pipeline(
     assert sink.table_schema("price") == pa.schema([("part", pa.int64()), ("price", pa.int64())])
     assert sink.table_schema("free") is None
     assert clients.asked_for and set(clients.asked_for) == {"snow"}
+    pipeline.close()
+
+
+def test_ingesting_json_files_into_snowflake_counts_bad_records_and_resumes_exactly(
+    snowflake_resource: SnowflakeResource, schema_name: str, tmp_path: Path
+) -> None:
+    (tmp_path / "price.json").write_text(
+        "".join(f'{{"id": {i}, "name": "n{i}", "price": {i / 2}}}\n' for i in range(40)) + '{"id": "bad"}\n'
+    )
+    (tmp_path / "free.json").write_text('{"a": 1, "b": "x"}\n{"a": 2, "b": "y"}\n')
+
+    def file_connector(path: str) -> dict[str, Any]:
+        return {"name": "file", "max_batch_size": 15, "format": {"name": "json"},
+                "transport": {"name": "file_input", "config": {"path": path}}}
+
+    project = parse_project(
+        {"pipelines": {"p": {
+            "sink": {"kind": "snowflake", "connection": "snow", "database": DATABASE, "schema": schema_name},
+            "connections": {"snow": {"kind": "snowflake", "account": "a", "user": "u"}},
+            "tables": {
+                "price": {"columns": {"id": "BIGINT", "name": "VARCHAR", "price": "DOUBLE"},
+                          "connectors": [file_connector("price.json")]},
+                "free": {"connectors": [file_connector("free.json")]},
+            },
+        }}},
+        path=tmp_path / "connectors.yaml",
+    )
+    pipeline = Pipeline(project, "p", state_dir=tmp_path / "state")
+    with pipeline.state.transaction() as conn:
+        pipeline.state.put(conn, "status", "STARTED")
+    clients = SnowflakeClients(snowflake_resource)
+    with IngestSession(pipeline, clients, log=lambda _: None) as session:  # type: ignore[arg-type]
+        for table in ("price", "free"):
+            run_to_end(session, table)
+        sink = session.sink
+        assert sink.row_count("price") == 40 and sink.row_count("free") == 2
+        assert sorted(sink.read_table("price")["id"]) == list(range(40))
+        assert sink.table_schema("free") == pa.schema([("a", pa.int64()), ("b", pa.string())])
+    handle = pipeline.connector("price", "file")
+    metrics = handle.state.metrics()
+    assert (metrics.total_records, metrics.num_parse_errors, metrics.end_of_input) == (40, 1, True)
+    mark = sink.mark(handle.connector_id)
+    assert mark is not None and mark.total_records == 40 and mark.position == (tmp_path / "price.json").stat().st_size
+
+    # A new session (as after a restart) finds every connector finished: nothing is loaded twice.
+    with IngestSession(pipeline, clients, log=lambda _: None) as session:  # type: ignore[arg-type]
+        assert run_to_end(session, "price") == [] and session.sink.row_count("price") == 40
     pipeline.close()
