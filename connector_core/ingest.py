@@ -276,7 +276,7 @@ class IngestSession:
         record the sink rejected)."""
         fmt = handle.spec.format
         if (
-            not isinstance(self.sink, JsonReadingSink)
+            not self._sink_reads_json()
             or isinstance(data, pa.Table)
             or not data
             or fmt is None
@@ -286,7 +286,12 @@ class IngestSession:
             or self._table_schema(handle.table) is None
         ):
             return None
+        assert isinstance(self.sink, JsonReadingSink)
         return self.sink.write_json_lines(handle.table, data, mark_for)
+
+    def _sink_reads_json(self) -> bool:
+        sink = self.sink
+        return isinstance(sink, JsonReadingSink) and sink.reads_json()
 
     def _reconcile(self, handle: ConnectorHandle, mark: SinkMark | None) -> SinkMark:
         """Bring the connector database to the sink's mark (the truth); return the mark to resume from."""
@@ -324,8 +329,8 @@ class IngestSession:
             if fmt is None:
                 raise TransportError(f"{handle.endpoint}: the transport returned bytes but no format is set")
             sink = self.sink
-            own_reader = isinstance(sink, JsonReadingSink) and fmt.sink_reader_allowed and schema is not None
-            json_reader = sink.json_reader(table) if own_reader else None
+            own_reader = self._sink_reads_json() and fmt.sink_reader_allowed and schema is not None
+            json_reader = sink.json_reader(table) if isinstance(sink, JsonReadingSink) and own_reader else None
             parsed = parse(data, fmt, schema, result.starts_object, json_reader, result.header)
         else:
             parsed = ParsedBatch(empty_table(schema))

@@ -175,8 +175,8 @@ def keeps_only_the_first_batch(
 class DuckDBClients:
     """The part of ConnectionClients a DuckDB pipeline needs, from dagster-duckdb's DuckDBResource."""
 
-    def __init__(self, database: Path):
-        self.resource = DuckDBResource(database=str(database))
+    def __init__(self, database: Path, config: dict[str, Any] | None = None):
+        self.resource = DuckDBResource(database=str(database), connection_config=config or {})
 
     def duckdb_connection(self) -> AbstractContextManager[Any]:
         return self.resource.get_connection()

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clients_for_tests import open_pipeline, run_to_end
+from clients_for_tests import DuckDBClients, open_pipeline, run_to_end
 
+from connector_core.ingest import IngestSession
 from connector_core.state import ConnectorState
 
 
@@ -82,6 +83,17 @@ def test_the_duckdb_sink_reads_json_by_duckdb_s_rules_unless_the_arrow_reader_is
         assert sorted(session.sink.read_table(name)["id"]) == ids, name
         expected_errors = 3 - len(ids) + (name == "broken")
         assert pipeline.connector(name, "file").state.metrics().num_parse_errors == expected_errors, name
+    pipeline.close()
+
+
+def test_duckdb_without_file_access_reads_json_with_pyarrow(tmp_path: Path) -> None:
+    (tmp_path / "lines.json").write_text('{"id": 1}\n{"id": "12"}\n{"id": 2}\n')
+    pipeline = open_pipeline(tmp_path, {"lines": {"columns": {"id": "BIGINT"}, "connectors": [file_connector("lines.json")]}})
+    clients = DuckDBClients(tmp_path / "closed.duckdb", {"enable_external_access": False})
+    with IngestSession(pipeline, clients, log=lambda _: None) as session:  # type: ignore[arg-type]
+        run_to_end(session, "lines")
+        assert sorted(session.sink.read_table("lines")["id"]) == [1, 2]  # pyarrow's rules: "12" is an error
+    assert pipeline.connector("lines", "file").state.metrics().num_parse_errors == 1
     pipeline.close()
 
 

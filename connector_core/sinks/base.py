@@ -75,6 +75,10 @@ class JsonReadingSink(Protocol):
     """A sink with its own JSON reader (DuckDB's ``read_json``): it loads JSON lines in one pass, faster than
     taking them as Arrow, and its casting rules decide which records fit the table."""
 
+    def reads_json(self) -> bool:
+        """Whether the reader can be used here (e.g. DuckDB with file access disabled cannot)."""
+        ...
+
     def write_json_lines(
         self, table: str, data: bytes | memoryview, mark_for: Callable[[int], SinkMark]
     ) -> int | None:

@@ -81,6 +81,7 @@ class DuckDBSink:
         self._marks: dict[str, SinkMark] = {}
         #: ``read_json`` columns of each table (``'name': 'TYPE', ...``), read once from the catalog.
         self._column_types: dict[str, str] = {}
+        self._reads_json: bool | None = None
         global _swept
         if not _swept:
             _swept = True
@@ -177,6 +178,15 @@ class DuckDBSink:
             return rows.num_rows
 
         self._commit(table, insert, lambda _: mark)
+
+    def reads_json(self) -> bool:
+        """Whether DuckDB may read the scratch files of :meth:`write_json_lines` and :meth:`json_reader`: not when
+        the database is configured with ``enable_external_access = false`` (then JSON goes through pyarrow)."""
+        if self._reads_json is None:
+            with self.connect() as conn:
+                setting = conn.execute("SELECT current_setting('enable_external_access')").fetchall()[0][0]
+            self._reads_json = str(setting).lower() not in ("false", "0")
+        return self._reads_json
 
     def write_json_lines(
         self, table: str, data: bytes | memoryview, mark_for: Callable[[int], SinkMark]
