@@ -275,8 +275,9 @@ class IngestSession:
         loaded, or ``None`` when this batch takes the Arrow path (other format, processors, no table yet, or a
         record the sink rejected)."""
         fmt = handle.spec.format
+        json_sink = self._json_sink()
         if (
-            not self._sink_reads_json()
+            json_sink is None
             or isinstance(data, pa.Table)
             or not data
             or fmt is None
@@ -286,12 +287,12 @@ class IngestSession:
             or self._table_schema(handle.table) is None
         ):
             return None
-        assert isinstance(self.sink, JsonReadingSink)
-        return self.sink.write_json_lines(handle.table, data, mark_for)
+        return json_sink.write_json_lines(handle.table, data, mark_for)
 
-    def _sink_reads_json(self) -> bool:
+    def _json_sink(self) -> JsonReadingSink | None:
+        """The sink when it reads JSON itself here, else ``None``."""
         sink = self.sink
-        return isinstance(sink, JsonReadingSink) and sink.reads_json()
+        return sink if isinstance(sink, JsonReadingSink) and sink.reads_json() else None
 
     def _reconcile(self, handle: ConnectorHandle, mark: SinkMark | None) -> SinkMark:
         """Bring the connector database to the sink's mark (the truth); return the mark to resume from."""
@@ -328,9 +329,8 @@ class IngestSession:
             fmt = handle.spec.format
             if fmt is None:
                 raise TransportError(f"{handle.endpoint}: the transport returned bytes but no format is set")
-            sink = self.sink
-            own_reader = self._sink_reads_json() and fmt.sink_reader_allowed and schema is not None
-            json_reader = sink.json_reader(table) if isinstance(sink, JsonReadingSink) and own_reader else None
+            json_sink = self._json_sink() if fmt.sink_reader_allowed and schema is not None else None
+            json_reader = json_sink.json_reader(table) if json_sink is not None else None
             parsed = parse(data, fmt, schema, result.starts_object, json_reader, result.header)
         else:
             parsed = ParsedBatch(empty_table(schema))

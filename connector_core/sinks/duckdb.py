@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from connector_core.formats import MAX_REASON_CHARS, Reader, RecordError
+from connector_core.formats import Reader, RecordError
 from connector_core.sinks.base import SinkError, SinkMark, quote
 
 POSITIONS_TABLE = "_connector_positions"
@@ -401,7 +401,7 @@ def _scratch_file(data: bytes | memoryview) -> Iterator[str]:
 @contextlib.contextmanager
 def _rejected_records() -> Iterator[None]:
     """DuckDB's rejection of a record as :class:`RecordError`, with DuckDB's reason but without the scratch
-    file's name, the line number within the piece and DuckDB's hints."""
+    file's name, the line number within the piece and DuckDB's hints (the parser shortens long reasons)."""
     try:
         yield
     except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
@@ -409,4 +409,4 @@ def _rejected_records() -> Iterator[None]:
         text = re.sub(r"^[A-Za-z ]+ Error: ", "", lines[0] if lines else type(exc).__name__)
         text = re.sub(r' in file "[^"]*",?', "", text)
         text = re.sub(r",? ?(at byte \d+ )?in (line|record/value) \d+", "", text)
-        raise RecordError(text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "...") from exc
+        raise RecordError(text) from exc

@@ -79,7 +79,7 @@ class SnowflakeSink:
         self.database = database
         self.schema = schema
         self.warehouse = warehouse
-        self._positions_ready = False
+        self._prepared = False
 
     def _name(self, table: str) -> str:
         return f"{quote(self.database)}.{quote(self.schema)}.{quote(table)}"
@@ -216,7 +216,7 @@ class SnowflakeSink:
 
     def _prepare(self, cursor: Any) -> None:
         """The schema, the positions table and the stage (DDL commits by itself in Snowflake: before BEGIN, once)."""
-        if self._positions_ready:
+        if self._prepared:
             return
         self._ensure_schema(cursor)
         cursor.execute(
@@ -226,7 +226,7 @@ class SnowflakeSink:
             '"committed_at" TIMESTAMP_NTZ NOT NULL)'
         )
         cursor.execute(f"CREATE STAGE IF NOT EXISTS {self._name(STAGE)}")
-        self._positions_ready = True
+        self._prepared = True
 
     @contextmanager
     def _staged(self, cursor: Any, rows: pa.Table) -> Iterator[str | None]:
