@@ -82,8 +82,18 @@ def generate(path: Path, records: int) -> int:
             vendor = pa.array(VENDORS).take(pa.array(ids % len(VENDORS)))
             price_text = pc.cast(pa.array((ids * 37 % 100_000) / 100.0), pa.string())
             line = pc.binary_join_element_wise(
-                '{"id":', id_text, ',"part":', part_text, ',"vendor":"', vendor, '","price":', price_text,
-                ',"name":"item ', id_text, '"}\n', "",
+                '{"id":',
+                id_text,
+                ',"part":',
+                part_text,
+                ',"vendor":"',
+                vendor,
+                '","price":',
+                price_text,
+                ',"name":"item ',
+                id_text,
+                '"}\n',
+                "",
             )
             out.write("".join(line.to_pylist()).encode())
     return path.stat().st_size

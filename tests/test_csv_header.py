@@ -74,11 +74,19 @@ def test_batches_from_the_middle_map_fields_by_name(tmp_path: Path, session_fact
     """Declared columns in another order than the file's, and a column the table does not have: every batch
     (and the batches after a new session, as after a restart) lands each field in its column."""
     (tmp_path / "items.csv").write_bytes(csv_body())
-    tables = {"items": {
-        "columns": {"id": "BIGINT", "name": "VARCHAR", "price": "DOUBLE"},
-        "connectors": [{"name": "file", "max_batch_size": 7, "format": CSV_FORMAT,
-                        "transport": {"name": "file_input", "config": {"path": "items.csv"}}}],
-    }}
+    tables = {
+        "items": {
+            "columns": {"id": "BIGINT", "name": "VARCHAR", "price": "DOUBLE"},
+            "connectors": [
+                {
+                    "name": "file",
+                    "max_batch_size": 7,
+                    "format": CSV_FORMAT,
+                    "transport": {"name": "file_input", "config": {"path": "items.csv"}},
+                }
+            ],
+        }
+    }
     pipeline = open_pipeline(tmp_path, tables)
     first = session_factory(pipeline)
     for _ in range(3):

@@ -62,14 +62,25 @@ print("done", flush=True)
 
 
 def project_data() -> dict[str, object]:
-    return {"pipelines": {"p": {"tables": {"t": {
-        "columns": {"id": "BIGINT", "payload": "VARCHAR"},
-        "connectors": [{
-            "name": "file", "max_batch_size": BATCH,
-            "transport": {"name": "file_input", "config": {"path": "source.json"}},
-            "format": {"name": "json"},
-        }],
-    }}}}}
+    return {
+        "pipelines": {
+            "p": {
+                "tables": {
+                    "t": {
+                        "columns": {"id": "BIGINT", "payload": "VARCHAR"},
+                        "connectors": [
+                            {
+                                "name": "file",
+                                "max_batch_size": BATCH,
+                                "transport": {"name": "file_input", "config": {"path": "source.json"}},
+                                "format": {"name": "json"},
+                            }
+                        ],
+                    }
+                }
+            }
+        }
+    }
 
 
 def start_child(work: Path, run: int) -> subprocess.Popen[bytes]:
@@ -148,7 +159,5 @@ def test_kill_9_at_random_moments_neither_loses_nor_duplicates(tmp_path: Path) -
     assert pipeline.connector("t", "file").state.position() == (source.stat().st_size, mark[0][1])
     pipeline.close()
     # Killed runs leave their DuckDB scratch files behind; the next run removes them (tmpfs holds memory).
-    left = [
-        p.name for d in SCRATCH_DIRS for p in d.glob(f"{SCRATCH_PREFIX}*") if p.name.split("-")[2] in killed_pids
-    ]
+    left = [p.name for d in SCRATCH_DIRS for p in d.glob(f"{SCRATCH_PREFIX}*") if p.name.split("-")[2] in killed_pids]
     assert left == [], f"seed {seed}"

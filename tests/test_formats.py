@@ -26,23 +26,50 @@ def json_lines(records: list[object]) -> bytes:
 
 def test_arrow_schema_maps_every_sql_type() -> None:
     schema = arrow_schema_for_columns(
-        {"b": "BOOLEAN", "t": "TINYINT", "s": "SMALLINT", "i": "integer", "n": "INT", "g": "BIGINT",
-         "f": "FLOAT", "r": "REAL", "d": "DOUBLE", "v": "VARCHAR", "x": "TEXT", "y": "STRING", "dt": "DATE",
-         "ts": "TIMESTAMP"}
+        {
+            "b": "BOOLEAN",
+            "t": "TINYINT",
+            "s": "SMALLINT",
+            "i": "integer",
+            "n": "INT",
+            "g": "BIGINT",
+            "f": "FLOAT",
+            "r": "REAL",
+            "d": "DOUBLE",
+            "v": "VARCHAR",
+            "x": "TEXT",
+            "y": "STRING",
+            "dt": "DATE",
+            "ts": "TIMESTAMP",
+        }
     )
     assert [f.type for f in schema] == [
-        pa.bool_(), pa.int8(), pa.int16(), pa.int32(), pa.int32(), pa.int64(), pa.float32(), pa.float32(),
-        pa.float64(), pa.string(), pa.string(), pa.string(), pa.date32(), pa.timestamp("us"),
+        pa.bool_(),
+        pa.int8(),
+        pa.int16(),
+        pa.int32(),
+        pa.int32(),
+        pa.int64(),
+        pa.float32(),
+        pa.float32(),
+        pa.float64(),
+        pa.string(),
+        pa.string(),
+        pa.string(),
+        pa.date32(),
+        pa.timestamp("us"),
     ]
     with pytest.raises(ValueError, match="'blob'"):
         arrow_schema_for_columns({"c": "blob"})
 
 
 def test_json_lines_are_cast_to_the_table_schema() -> None:
-    data = json_lines([
-        {"id": 1, "name": "a", "price": 2, "day": "2024-03-01", "extra": True},
-        {"name": "b", "id": 2},
-    ])
+    data = json_lines(
+        [
+            {"id": 1, "name": "a", "price": 2, "day": "2024-03-01", "extra": True},
+            {"name": "b", "id": 2},
+        ]
+    )
     parsed = parse(data, JSON, SCHEMA)
     assert parsed.errors == []
     assert parsed.table.schema == SCHEMA
@@ -71,14 +98,16 @@ def test_one_bad_line_among_100k_costs_logarithmic_reader_calls(monkeypatch: pyt
 
 
 def test_incompatible_values_are_errors_with_their_record_index() -> None:
-    data = json_lines([
-        {"id": 1},
-        {"id": "not a number"},
-        "[1, 2]",
-        {"id": 4, "day": "31/02/2024"},
-        "",
-        {"id": 5, "price": 1.5},
-    ])
+    data = json_lines(
+        [
+            {"id": 1},
+            {"id": "not a number"},
+            "[1, 2]",
+            {"id": 4, "day": "31/02/2024"},
+            "",
+            {"id": 5, "price": 1.5},
+        ]
+    )
     parsed = parse(data, JSON, SCHEMA)
     assert [index for index, _ in parsed.errors] == [1, 2, 3]
     assert "day" in parsed.errors[2][1]

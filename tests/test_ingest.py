@@ -15,8 +15,12 @@ from connector_core.state import ConnectorState
 
 
 def file_connector(path: str, reader: str = "auto", **extra: Any) -> dict[str, Any]:
-    return {"name": "file", "transport": {"name": "file_input", "config": {"path": path}},
-            "format": {"name": "json", "config": {"reader": reader}}, **extra}
+    return {
+        "name": "file",
+        "transport": {"name": "file_input", "config": {"path": path}},
+        "format": {"name": "json", "config": {"reader": reader}},
+        **extra,
+    }
 
 
 @pytest.mark.parametrize(
@@ -33,10 +37,15 @@ def test_malformed_records_are_counted_the_last_100_kept_and_the_rest_lands(
         for n in range(1_000)
     ]
     (tmp_path / "items.json").write_text("\n".join(lines) + "\n")
-    pipeline = open_pipeline(tmp_path, {"items": {
-        "columns": {"id": "BIGINT", "name": "VARCHAR", "price": "DOUBLE"},
-        "connectors": [file_connector("items.json", reader=reader, max_batch_size=300)],
-    }})
+    pipeline = open_pipeline(
+        tmp_path,
+        {
+            "items": {
+                "columns": {"id": "BIGINT", "name": "VARCHAR", "price": "DOUBLE"},
+                "connectors": [file_connector("items.json", reader=reader, max_batch_size=300)],
+            }
+        },
+    )
     session = session_factory(pipeline)
     reports = run_to_end(session, "items")
     assert [sum(b.records for b in r.batches) for r in reports] == [
@@ -73,10 +82,13 @@ def test_the_duckdb_sink_reads_json_by_duckdb_s_rules_unless_the_arrow_reader_is
     (tmp_path / "lines.json").write_text('{"id": 1}\n{"id": "12"}\n{"id": 2}\n')
     (tmp_path / "array.json").write_text('[{"id": 1}, {"id": "12"}, {"id": 2}]')
     (tmp_path / "broken.json").write_text('{"id": 1}\n{"id": "12"}\n{"id": 2\n{"id": 2}\n')
-    pipeline = open_pipeline(tmp_path, {
-        name: {"columns": {"id": "BIGINT"}, "connectors": [file_connector(f"{name}.json", reader=reader)]}
-        for name in ("lines", "array", "broken")
-    })
+    pipeline = open_pipeline(
+        tmp_path,
+        {
+            name: {"columns": {"id": "BIGINT"}, "connectors": [file_connector(f"{name}.json", reader=reader)]}
+            for name in ("lines", "array", "broken")
+        },
+    )
     session = session_factory(pipeline)
     for name in ("lines", "array", "broken"):
         run_to_end(session, name)
@@ -88,7 +100,9 @@ def test_the_duckdb_sink_reads_json_by_duckdb_s_rules_unless_the_arrow_reader_is
 
 def test_duckdb_without_file_access_reads_json_with_pyarrow(tmp_path: Path) -> None:
     (tmp_path / "lines.json").write_text('{"id": 1}\n{"id": "12"}\n{"id": 2}\n')
-    pipeline = open_pipeline(tmp_path, {"lines": {"columns": {"id": "BIGINT"}, "connectors": [file_connector("lines.json")]}})
+    pipeline = open_pipeline(
+        tmp_path, {"lines": {"columns": {"id": "BIGINT"}, "connectors": [file_connector("lines.json")]}}
+    )
     clients = DuckDBClients(tmp_path / "closed.duckdb", {"enable_external_access": False})
     with IngestSession(pipeline, clients, log=lambda _: None) as session:  # type: ignore[arg-type]
         run_to_end(session, "lines")
@@ -103,8 +117,11 @@ def test_nothing_is_ingested_unless_the_pipeline_is_started_and_the_connector_ru
     (tmp_path / "a.json").write_text('{"id": 1}\n')
     pipeline = open_pipeline(
         tmp_path,
-        {"t": {"connectors": [file_connector("a.json"), {**file_connector("a.json"), "name": "later",
-                                                          "paused": True}]}},
+        {
+            "t": {
+                "connectors": [file_connector("a.json"), {**file_connector("a.json"), "name": "later", "paused": True}]
+            }
+        },
         status="PAUSED",
     )
     session = session_factory(pipeline)
@@ -127,11 +144,28 @@ def test_nothing_is_ingested_unless_the_pipeline_is_started_and_the_connector_ru
 
 
 def test_datagen_table_is_created_from_the_first_batch(tmp_path: Path, session_factory: Any) -> None:
-    pipeline = open_pipeline(tmp_path, {"gen": {"connectors": [{
-        "name": "dg", "max_batch_size": 40,
-        "transport": {"name": "datagen", "config": {"seed": 1, "plan": [
-            {"limit": 100, "fields": {"k": {"range": [0, 5]}, "label": {"values": ["a", "b"]}}}]}},
-    }]}})
+    pipeline = open_pipeline(
+        tmp_path,
+        {
+            "gen": {
+                "connectors": [
+                    {
+                        "name": "dg",
+                        "max_batch_size": 40,
+                        "transport": {
+                            "name": "datagen",
+                            "config": {
+                                "seed": 1,
+                                "plan": [
+                                    {"limit": 100, "fields": {"k": {"range": [0, 5]}, "label": {"values": ["a", "b"]}}}
+                                ],
+                            },
+                        },
+                    }
+                ]
+            }
+        },
+    )
     session = session_factory(pipeline)
     reports = run_to_end(session, "gen")
     assert [r.batches[0].records for r in reports] == [40, 40, 20]
@@ -146,19 +180,29 @@ def test_datagen_table_is_created_from_the_first_batch(tmp_path: Path, session_f
 
 def test_python_and_command_processors_run_in_order(tmp_path: Path, session_factory: Any) -> None:
     (tmp_path / "steps_for_test_ingest.py").write_text(
-        "import pyarrow.compute as pc\n"
-        "def keep_cheap(table):\n"
-        "    return table.filter(pc.less(table['price'], 5))\n"
+        "import pyarrow.compute as pc\ndef keep_cheap(table):\n    return table.filter(pc.less(table['price'], 5))\n"
     )
-    doubler = "import sys, json\nfor line in sys.stdin:\n    r = json.loads(line); r['price'] *= 2; print(json.dumps(r))\n"
+    doubler = (
+        "import sys, json\nfor line in sys.stdin:\n    r = json.loads(line); r['price'] *= 2; print(json.dumps(r))\n"
+    )
     (tmp_path / "p.json").write_text("".join(json.dumps({"id": i, "price": i}) + "\n" for i in range(10)))
-    pipeline = open_pipeline(tmp_path, {"t": {
-        "columns": {"id": "BIGINT", "price": "DOUBLE"},
-        "connectors": [file_connector("p.json", processors=[
-            {"kind": "python", "function": "steps_for_test_ingest:keep_cheap"},
-            {"kind": "command", "command": [sys.executable, "-c", doubler]},
-        ])],
-    }})
+    pipeline = open_pipeline(
+        tmp_path,
+        {
+            "t": {
+                "columns": {"id": "BIGINT", "price": "DOUBLE"},
+                "connectors": [
+                    file_connector(
+                        "p.json",
+                        processors=[
+                            {"kind": "python", "function": "steps_for_test_ingest:keep_cheap"},
+                            {"kind": "command", "command": [sys.executable, "-c", doubler]},
+                        ],
+                    )
+                ],
+            }
+        },
+    )
     session = session_factory(pipeline)
     report = session.ingest_table("t")
     assert report.batches[0].records == 5
@@ -169,9 +213,20 @@ def test_python_and_command_processors_run_in_order(tmp_path: Path, session_fact
 
 def test_a_failing_command_processor_is_reported_and_the_batch_retried(tmp_path: Path, session_factory: Any) -> None:
     (tmp_path / "p.json").write_text('{"id": 1}\n')
-    pipeline = open_pipeline(tmp_path, {"t": {"columns": {"id": "BIGINT"}, "connectors": [file_connector(
-        "p.json", processors=[{"kind": "command", "command": [sys.executable, "-c", "import sys; sys.exit(3)"]}],
-    )]}})
+    pipeline = open_pipeline(
+        tmp_path,
+        {
+            "t": {
+                "columns": {"id": "BIGINT"},
+                "connectors": [
+                    file_connector(
+                        "p.json",
+                        processors=[{"kind": "command", "command": [sys.executable, "-c", "import sys; sys.exit(3)"]}],
+                    )
+                ],
+            }
+        },
+    )
     session = session_factory(pipeline)
     report = session.ingest_table("t").batches[0]
     assert report.records == 0 and report.transport_errors == 1 and "exited with 3" in report.error
@@ -198,8 +253,9 @@ def test_a_crash_between_sink_commit_and_state_commit_is_caught_up(
     tmp_path: Path, session_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "in.json").write_text("".join(f'{{"id": {i}}}\n' for i in range(50)))
-    pipeline = open_pipeline(tmp_path, {"t": {"columns": {"id": "BIGINT"},
-                                              "connectors": [file_connector("in.json", max_batch_size=20)]}})
+    pipeline = open_pipeline(
+        tmp_path, {"t": {"columns": {"id": "BIGINT"}, "connectors": [file_connector("in.json", max_batch_size=20)]}}
+    )
     handle = pipeline.connector("t", "file")
     session = session_factory(pipeline)
     session.ingest_batch(handle)

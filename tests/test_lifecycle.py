@@ -182,7 +182,10 @@ def test_connect_really_reaches_postgres(tmp_path: Path, monkeypatch: pytest.Mon
 def test_connect_reports_a_missing_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("UNSET_KAFKA_PASSWORD", raising=False)
     connections = {
-        "k": {"kind": "kafka", "config": {"bootstrap.servers": "127.0.0.1:1", "sasl.password": {"env": "UNSET_KAFKA_PASSWORD"}}}
+        "k": {
+            "kind": "kafka",
+            "config": {"bootstrap.servers": "127.0.0.1:1", "sasl.password": {"env": "UNSET_KAFKA_PASSWORD"}},
+        }
     }
     life = open_lifecycle(tmp_path, connections=connections)
     assert life.configure().ok
@@ -198,7 +201,9 @@ def test_finalize_creates_tables_and_starts(life: Lifecycle, tmp_path: Path) -> 
     import duckdb
 
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
-        columns = con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'price'").fetchall()
+        columns = con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'price'"
+        ).fetchall()
     assert {c[0] for c in columns} == {"part", "price"}
 
 
@@ -251,7 +256,9 @@ def test_pause_and_resume_refused_while_configuring(life: Lifecycle) -> None:
     assert life.resume().response_code == "INVALID_CONNECTOR_STATUS"
 
 
-@pytest.mark.parametrize(("stuck", "procedure", "final"), [("PAUSING", "pause", "PAUSED"), ("STARTING", "resume", "STARTED")])
+@pytest.mark.parametrize(
+    ("stuck", "procedure", "final"), [("PAUSING", "pause", "PAUSED"), ("STARTING", "resume", "STARTED")]
+)
 def test_a_stuck_intermediate_status_is_retried(started: Lifecycle, stuck: str, procedure: str, final: str) -> None:
     force(started, status=stuck)
     assert getattr(started, procedure)().ok and started.state.status == final
@@ -299,9 +306,9 @@ def test_hooks_named_in_the_project_file(tmp_path: Path) -> None:
 def test_validator_ok_and_callback_ok_go_on(started: Lifecycle) -> None:
     calls: list[str] = []
     started.hooks["pause_validator"] = lambda ctx: calls.append(f"validate {ctx.procedure}")
-    started.hooks["pause_callback"] = lambda ctx: calls.append(f"callback {ctx.pipeline.state.status}") or {
-        "response_code": "OK"
-    }
+    started.hooks["pause_callback"] = lambda ctx: (
+        calls.append(f"callback {ctx.pipeline.state.status}") or {"response_code": "OK"}
+    )
     assert started.pause().ok
     assert calls == ["validate pause", "callback PAUSING"]  # the callback runs after the intermediate status
 

@@ -69,7 +69,12 @@ def test_table_created_from_columns_and_described_back(sink: SnowflakeSink) -> N
     schema = sink.ensure_table("price", COLUMNS, None)
     assert schema.names == list(COLUMNS)
     assert [f.type for f in schema] == [
-        pa.int64(), pa.string(), pa.float64(), pa.date32(), pa.timestamp("us"), pa.bool_(),
+        pa.int64(),
+        pa.string(),
+        pa.float64(),
+        pa.date32(),
+        pa.timestamp("us"),
+        pa.bool_(),
     ]
     inferred = sink.ensure_table("inferred", None, pa.schema([("n", pa.int32()), ("s", pa.string())]))
     assert inferred == pa.schema([("n", pa.int64()), ("s", pa.string())])
@@ -129,8 +134,13 @@ def test_open_sink_and_prepare_tables_for_a_snowflake_pipeline(
         {
             "pipelines": {
                 "p": {
-                    "sink": {"kind": "snowflake", "connection": "snow", "database": DATABASE,
-                             "schema": schema_name, "warehouse": "LOAD_WH"},
+                    "sink": {
+                        "kind": "snowflake",
+                        "connection": "snow",
+                        "database": DATABASE,
+                        "schema": schema_name,
+                        "warehouse": "LOAD_WH",
+                    },
                     "connections": {"snow": {"kind": "snowflake", "account": "a", "user": "u"}},
                     "tables": {
                         "price": {
@@ -163,19 +173,29 @@ def test_ingesting_json_files_into_snowflake_counts_bad_records_and_resumes_exac
     (tmp_path / "free.json").write_text('{"a": 1, "b": "x"}\n{"a": 2, "b": "y"}\n')
 
     def file_connector(path: str) -> dict[str, Any]:
-        return {"name": "file", "max_batch_size": 15, "format": {"name": "json"},
-                "transport": {"name": "file_input", "config": {"path": path}}}
+        return {
+            "name": "file",
+            "max_batch_size": 15,
+            "format": {"name": "json"},
+            "transport": {"name": "file_input", "config": {"path": path}},
+        }
 
     project = parse_project(
-        {"pipelines": {"p": {
-            "sink": {"kind": "snowflake", "connection": "snow", "database": DATABASE, "schema": schema_name},
-            "connections": {"snow": {"kind": "snowflake", "account": "a", "user": "u"}},
-            "tables": {
-                "price": {"columns": {"id": "BIGINT", "name": "VARCHAR", "price": "DOUBLE"},
-                          "connectors": [file_connector("price.json")]},
-                "free": {"connectors": [file_connector("free.json")]},
-            },
-        }}},
+        {
+            "pipelines": {
+                "p": {
+                    "sink": {"kind": "snowflake", "connection": "snow", "database": DATABASE, "schema": schema_name},
+                    "connections": {"snow": {"kind": "snowflake", "account": "a", "user": "u"}},
+                    "tables": {
+                        "price": {
+                            "columns": {"id": "BIGINT", "name": "VARCHAR", "price": "DOUBLE"},
+                            "connectors": [file_connector("price.json")],
+                        },
+                        "free": {"connectors": [file_connector("free.json")]},
+                    },
+                }
+            }
+        },
         path=tmp_path / "connectors.yaml",
     )
     pipeline = Pipeline(project, "p", state_dir=tmp_path / "state")

@@ -107,9 +107,7 @@ def test_batches_metrics_hourly_stats_and_parse_errors(tmp_path: Path) -> None:
     errors = [(i, f"bad record {i}") for i in range(150)]
     state.commit_batch(BatchCommit(position={"offset": 10}, batch_seq=1, records=5, bytes=50, end_of_input=False))
     state.commit_batch(
-        BatchCommit(
-            position={"offset": 20}, batch_seq=2, records=7, bytes=70, end_of_input=True, parse_errors=errors
-        )
+        BatchCommit(position={"offset": 20}, batch_seq=2, records=7, bytes=70, end_of_input=True, parse_errors=errors)
     )
     assert state.position() == ({"offset": 20}, 2)
     metrics = state.metrics()
@@ -129,4 +127,10 @@ def test_batches_metrics_hourly_stats_and_parse_errors(tmp_path: Path) -> None:
 def test_secrets_are_masked() -> None:
     config = {"dsn": "postgresql://u:pw@h/db", "sasl.password": "pw", "token": "t", "user": "u", "x": {"env": "PG"}}
     masked = mask_secrets(config)
-    assert masked == {"dsn": "********", "sasl.password": "********", "token": "********", "user": "u", "x": "{env: PG}"}
+    assert masked == {
+        "dsn": "********",
+        "sasl.password": "********",
+        "token": "********",
+        "user": "u",
+        "x": "{env: PG}",
+    }

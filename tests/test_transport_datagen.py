@@ -18,7 +18,12 @@ from connector_core.transports.datagen import DatagenReader
 def reader(config: dict[str, Any], columns: dict[str, str] | None = None) -> DatagenReader:
     spec = ConnectorSpec.model_validate({"name": "gen", "transport": {"name": "datagen", "config": config}})
     context = TransportContext(
-        pipeline="p", table="t", connector=spec, columns=columns, base_dir=Path.cwd(), clients=None  # type: ignore[arg-type]
+        pipeline="p",
+        table="t",
+        connector=spec,
+        columns=columns,
+        base_dir=Path.cwd(),
+        clients=None,  # type: ignore[arg-type]
     )
     opened = open_transport(context)
     assert isinstance(opened, DatagenReader)
@@ -55,11 +60,19 @@ def test_values_cycle_in_order_and_range_wraps_half_open() -> None:
 
 @pytest.mark.parametrize("strategy", ["uniform", "zipf"])
 def test_random_strategies_stay_inside_the_half_open_range(strategy: str) -> None:
-    config = {"seed": 7, "plan": [{"limit": 20_000, "fields": {
-        "i": {"strategy": strategy, "range": [10, 20]},
-        "f": {"strategy": strategy, "range": [0, 0.5]},
-        "s": {"strategy": strategy, "values": ["a", "b", "c"]},
-    }}]}
+    config = {
+        "seed": 7,
+        "plan": [
+            {
+                "limit": 20_000,
+                "fields": {
+                    "i": {"strategy": strategy, "range": [10, 20]},
+                    "f": {"strategy": strategy, "range": [0, 0.5]},
+                    "s": {"strategy": strategy, "values": ["a", "b", "c"]},
+                },
+            }
+        ],
+    }
     table = read_all(reader(config, {"i": "BIGINT", "f": "DOUBLE", "s": "VARCHAR"}), 5_000)
     ints = table.column("i").to_pylist()
     assert set(ints) == set(range(10, 20))  # every value of [10, 20) appears, 20 never
@@ -74,11 +87,16 @@ def test_random_strategies_stay_inside_the_half_open_range(strategy: str) -> Non
 
 
 def test_same_seed_same_rows_whatever_the_batch_size() -> None:
-    config = {"seed": 42, "plan": [
-        {"limit": 1_000, "fields": {"x": {"strategy": "uniform", "range": [0, 1_000_000]},
-                                    "n": {"null_percentage": 30}}},
-        {"limit": 500, "fields": {"x": {"strategy": "zipf", "range": [0, 50]}}},
-    ]}
+    config = {
+        "seed": 42,
+        "plan": [
+            {
+                "limit": 1_000,
+                "fields": {"x": {"strategy": "uniform", "range": [0, 1_000_000]}, "n": {"null_percentage": 30}},
+            },
+            {"limit": 500, "fields": {"x": {"strategy": "zipf", "range": [0, 50]}}},
+        ],
+    }
     columns = {"x": "BIGINT", "n": "BIGINT"}
     whole = read_all(reader(config, columns), 10_000)
     pieces = read_all(reader(config, columns), 37)
@@ -124,15 +142,29 @@ def test_limits_end_the_input_and_an_endless_plan_never_does() -> None:
 
 
 def test_types_from_columns() -> None:
-    config = {"plan": [{"limit": 3, "fields": {
-        "s": {"range": [7, 100]},
-        "day": {"range": [19_723, 19_800]},
-        "at": {"range": [1_700_000_000_000, 1_800_000_000_000], "scale": 1_500},
-        "label": {"values": ["x", "y"]},
-        "when": {"values": ["2024-05-01", "2024-05-02"]},
-    }}]}
-    columns = {"s": "VARCHAR", "flag": "BOOLEAN", "ratio": "DOUBLE", "day": "DATE", "at": "TIMESTAMP",
-               "label": "STRING", "when": "DATE"}
+    config = {
+        "plan": [
+            {
+                "limit": 3,
+                "fields": {
+                    "s": {"range": [7, 100]},
+                    "day": {"range": [19_723, 19_800]},
+                    "at": {"range": [1_700_000_000_000, 1_800_000_000_000], "scale": 1_500},
+                    "label": {"values": ["x", "y"]},
+                    "when": {"values": ["2024-05-01", "2024-05-02"]},
+                },
+            }
+        ]
+    }
+    columns = {
+        "s": "VARCHAR",
+        "flag": "BOOLEAN",
+        "ratio": "DOUBLE",
+        "day": "DATE",
+        "at": "TIMESTAMP",
+        "label": "STRING",
+        "when": "DATE",
+    }
     table = read_all(reader(config, columns), 10)
     assert table.column("s").to_pylist() == ["7", "8", "9"]
     assert table.column("flag").to_pylist() == [False, True, False]

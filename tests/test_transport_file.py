@@ -21,7 +21,12 @@ def reader(base_dir: Path, config: dict[str, Any], fmt: dict[str, Any] | None = 
         {"name": "f", "transport": {"name": "file_input", "config": config}, "format": fmt or {"name": "json"}}
     )
     context = TransportContext(
-        pipeline="p", table="t", connector=spec, columns=None, base_dir=base_dir, clients=None  # type: ignore[arg-type]
+        pipeline="p",
+        table="t",
+        connector=spec,
+        columns=None,
+        base_dir=base_dir,
+        clients=None,  # type: ignore[arg-type]
     )
     opened = open_transport(context)
     assert isinstance(opened, FileInputReader)

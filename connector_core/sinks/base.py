@@ -79,9 +79,7 @@ class JsonReadingSink(Protocol):
         """Whether the reader can be used here (e.g. DuckDB with file access disabled cannot)."""
         ...
 
-    def write_json_lines(
-        self, table: str, data: bytes | memoryview, mark_for: Callable[[int], SinkMark]
-    ) -> int | None:
+    def write_json_lines(self, table: str, data: bytes | memoryview, mark_for: Callable[[int], SinkMark]) -> int | None:
         """Load the JSON lines of ``data`` into ``table`` and store ``mark_for(rows loaded)`` in one transaction;
         return the rows loaded, or ``None`` (nothing written) when a record does not fit: parse them one by one
         with :meth:`json_reader` then."""

@@ -188,9 +188,7 @@ class DuckDBSink:
             self._reads_json = str(setting).lower() not in ("false", "0")
         return self._reads_json
 
-    def write_json_lines(
-        self, table: str, data: bytes | memoryview, mark_for: Callable[[int], SinkMark]
-    ) -> int | None:
+    def write_json_lines(self, table: str, data: bytes | memoryview, mark_for: Callable[[int], SinkMark]) -> int | None:
         """Load JSON lines with DuckDB's ``read_json`` into ``table``'s columns, and upsert ``mark_for(rows)``, in
         one transaction; ``None`` (rolled back) when DuckDB rejects a record.
 
