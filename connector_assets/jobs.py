@@ -10,7 +10,7 @@ with ``dg.Failure`` carrying the response as JSON metadata, without retries.
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import dagster as dg
@@ -53,7 +53,7 @@ class SetupConfig(dg.Config):
     )
 
 
-class RecoverTarget(str, Enum):
+class RecoverTarget(StrEnum):
     """The status a pipeline recovers to."""
 
     STARTED = "STARTED"

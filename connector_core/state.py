@@ -33,12 +33,12 @@ MAX_PARSE_ERRORS_KEPT = 100
 
 def utc_now() -> str:
     """The current UTC time as ISO-8601 text."""
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def current_hour() -> str:
     """The start of the current UTC hour, e.g. ``2026-11-23T19:00:00+00:00``."""
-    return dt.datetime.now(dt.timezone.utc).replace(minute=0, second=0, microsecond=0).isoformat()
+    return dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0).isoformat()
 
 
 class StateError(RuntimeError):

@@ -170,7 +170,7 @@ def test_types_map_to_arrow(postgres_dsn: str) -> None:
     assert first["code"] == "ab " and first["body"] == b"\x01\x02"
     assert first["day"] == dt.date(2024, 2, 29)
     assert first["at"] == dt.datetime(2024, 1, 2, 3, 4, 5, 123456)
-    assert first["at_tz"] == dt.datetime(2024, 1, 2, 2, 4, 5, tzinfo=dt.timezone.utc)
+    assert first["at_tz"] == dt.datetime(2024, 1, 2, 2, 4, 5, tzinfo=dt.UTC)
     assert first["clock"] == dt.time(10, 11, 12) and first["span"] == dt.timedelta(days=1, hours=2)
     assert json.loads(first["doc"]) == {"k": [1, 2]} and first["ident"] == str(row_id)
     assert first["tags"] == ["a", "b"] and first["counts"] == [1, None, 3] and first["addr"] == "10.0.0.1"
