@@ -25,10 +25,10 @@ from connector_core.project import (
     PROJECT_FILE_ENV,
     Project,
     ProjectFileError,
-    is_secret_key,
     load_project,
     parse_setting_value,
 )
+from connector_core.secrets import is_secret_key
 
 INTERNAL_ERROR = "INTERNAL_ERROR"
 

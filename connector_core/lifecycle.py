@@ -21,6 +21,7 @@ pipeline goes to ERROR and the answer is ``UNKNOWN_ERROR_CODE``, naming ``recove
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -31,7 +32,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from connector_core.clients import ConnectionClients
 from connector_core.pipeline import ConnectorHandle, Pipeline
-from connector_core.project import SECRET_KEYS, Connection
+from connector_core.project import Connection, Project
+from connector_core.secrets import literal_secret_keys, refusal
 from connector_core.state import StateError
 
 OK = "OK"
@@ -589,12 +591,9 @@ class Lifecycle:
                     f"Fields {', '.join(refused)} are not allowed in configuration. A {kind} connection takes: "
                     f"{allowed}.",
                 )
-            literal_secrets = sorted(k for k, v in values.items() if k in SECRET_KEYS and not _is_env_ref(v))
+            literal_secrets = literal_secret_keys(values)
             if literal_secrets:
-                return Response(
-                    CONNECTOR_CONFIGURATION_PARSING_ERROR,
-                    f"Fields {', '.join(literal_secrets)} hold secrets: give them as env:NAME, never as values.",
-                )
+                return Response(CONNECTOR_CONFIGURATION_PARSING_ERROR, refusal(literal_secrets))
             settings = self.pipeline.connection_settings(connection)
             if kind == "kafka":
                 settings["config"] = {**settings["config"], **values}
@@ -712,10 +711,6 @@ class Lifecycle:
         return self._set_connector(table, connector, False)
 
 
-def _is_env_ref(value: Any) -> bool:
-    return isinstance(value, dict) and set(value) == {"env"}
-
-
 def _check_identifiers(values: dict[str, Any]) -> Response | None:
     bad = sorted(k for k, v in values.items() if not isinstance(v, str) or not IDENTIFIER.match(v))
     if bad:
@@ -731,3 +726,28 @@ def _cause(exc: BaseException) -> str:
     """An exception as one readable line: its type when it has no text, long texts cut to 500 characters."""
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
     return text if len(text) <= 500 else text[:497] + "..."
+
+
+def run_procedure(
+    project: Project,
+    pipeline_name: str,
+    call: Callable[[Pipeline], Response],
+    state_dir: str | os.PathLike[str] | None = None,
+) -> Response:
+    """Open a pipeline, run one procedure on it, close it: the one way every front end runs a procedure.
+
+    An unknown pipeline raises :class:`LookupError` naming the pipelines (a usage error for the front end). A
+    state database that cannot be opened, and any exception escaping the procedure, answer ``INTERNAL_ERROR``
+    with a message naming the pipeline and the cause, the same on the command line and in Dagster.
+    """
+    project.pipeline(pipeline_name)
+    try:
+        pipeline = Pipeline(project, pipeline_name, state_dir)
+    except Exception as exc:  # a state database that cannot be opened, created or migrated
+        return Response(INTERNAL_ERROR, f"cannot open pipeline {pipeline_name}: {_cause(exc)}")
+    try:
+        return call(pipeline)
+    except Exception as exc:
+        return Response(INTERNAL_ERROR, f"pipeline {pipeline_name}: {type(exc).__name__}: {_cause(exc)}")
+    finally:
+        pipeline.close()

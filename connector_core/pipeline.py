@@ -7,32 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from connector_core.project import (
-    ConnectorSpec,
-    EnvSecret,
-    PipelineSpec,
-    Project,
-    connector_labels,
-    is_secret_key,
-)
+from connector_core.project import ConnectorSpec, PipelineSpec, Project, connector_labels
+from connector_core.secrets import mask_secrets
 from connector_core.state import ConnectorState, PipelineState, StateStore
-
-MASK = "********"
-
-
-def mask_secrets(value: Any, key: str = "") -> Any:
-    """A copy of a config with secret values replaced by ``********`` (``{env: NAME}`` stays a name)."""
-    if isinstance(value, EnvSecret):
-        return str(value)
-    if isinstance(value, dict):
-        if set(value) == {"env"}:
-            return f"{{env: {value['env']}}}"
-        return {k: mask_secrets(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask_secrets(v, key) for v in value]
-    if is_secret_key(key):
-        return MASK
-    return value
 
 
 @dataclass

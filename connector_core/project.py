@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from connector_core.secrets import ENV_NAME, EnvSecret, literal_secret_keys, refusal
 from connector_core.transports.configs import TRANSPORT_CONFIG_MODELS, TransportName
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
@@ -48,26 +49,6 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class EnvSecret(Strict):
-    """A secret written as ``{env: NAME}``: only the variable's name is ever stored or printed."""
-
-    env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable holding the value.")
-
-    def resolve(self) -> str:
-        """Read the value from the environment at run time."""
-        try:
-            return os.environ[self.env]
-        except KeyError:
-            raise SecretNotSetError(f"environment variable {self.env} is not set") from None
-
-    def __str__(self) -> str:
-        return f"{{env: {self.env}}}"
-
-
-class SecretNotSetError(RuntimeError):
-    """A ``{env: NAME}`` secret whose variable is not set."""
-
-
 Scalar = str | int | float | bool
 ConfigValue = EnvSecret | Scalar
 
@@ -89,14 +70,22 @@ class KafkaConnection(Strict):
     def _needs_bootstrap(cls, config: dict[str, ConfigValue]) -> dict[str, ConfigValue]:
         if "bootstrap.servers" not in config:
             raise ValueError("config needs 'bootstrap.servers'")
+        _no_literal_secrets(config)
         return config
+
+
+def _no_literal_secrets(values: dict[str, Any]) -> None:
+    """The project file's side of the secret rule (``connector_core.secrets``)."""
+    refused = literal_secret_keys(values)
+    if refused:
+        raise ValueError(refusal(refused))
 
 
 class PostgresConnection(Strict):
     """A PostgreSQL database, reached through a libpq DSN (usually ``{env: PG_DSN}``)."""
 
     kind: Literal["postgres"]
-    dsn: ConfigValue = Field(description="libpq connection string or URL; a secret, so usually {env: NAME}.")
+    dsn: EnvSecret = Field(description="libpq connection string or URL; a secret, so {env: NAME}.")
 
 
 class S3Connection(Strict):
@@ -126,17 +115,8 @@ Connection = Annotated[
     KafkaConnection | PostgresConnection | S3Connection | SnowflakeConnection, Field(discriminator="kind")
 ]
 
-#: Keys of each connection kind that hold secrets; they can only be given as ``{env: NAME}``.
-SECRET_KEYS = {"password", "dsn", "aws_secret_access_key", "sasl.password", "ssl.key.password", "token"}
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _INT_TEXT = re.compile(r"^-?(0|[1-9][0-9]*)$")
 _FLOAT_TEXT = re.compile(r"^-?(0|[1-9][0-9]*)\.[0-9]+$")
-
-
-def is_secret_key(key: str) -> bool:
-    """Whether a configuration key holds a secret (only ``{env: NAME}`` references are accepted for it)."""
-    lowered = key.lower()
-    return lowered in SECRET_KEYS or any(word in lowered for word in ("password", "secret", "token"))
 
 
 def parse_setting_value(text: str) -> Any:
@@ -147,7 +127,7 @@ def parse_setting_value(text: str) -> Any:
     """
     if text.startswith("env:"):
         name = text[len("env:") :]
-        if not _ENV_NAME.fullmatch(name):
+        if not ENV_NAME.fullmatch(name):
             raise ValueError(f"{text!r}: env: must be followed by an environment variable name")
         return {"env": name}
     if text.lower() in ("true", "false"):

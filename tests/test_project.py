@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from connector_core.project import EnvSecret, ProjectFileError, SecretNotSetError, load_project, parse_project
+from connector_core.project import ProjectFileError, load_project, parse_project
+from connector_core.secrets import EnvSecret, SecretNotSetError
 
 EXAMPLE = Path(__file__).parent.parent / "connectors.yaml"
 

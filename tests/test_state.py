@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from connector_core.pipeline import Pipeline, mask_secrets
+from connector_core.pipeline import Pipeline
 from connector_core.project import parse_project
+from connector_core.secrets import mask_secrets
 from connector_core.state import (
     CONNECTOR_MIGRATIONS,
     MAX_PARSE_ERRORS_KEPT,

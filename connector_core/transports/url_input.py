@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from connector_core.project import EnvSecret
+from connector_core.secrets import EnvSecret
 from connector_core.transports._lines import (
     FirstLine,
     LineBuffer,
