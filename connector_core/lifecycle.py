@@ -260,6 +260,7 @@ class Lifecycle:
         if refused is not None:
             return refused
 
+        self.pipeline.ensure_created()  # the first procedure that gets this far creates the state databases
         if step.intermediate:
             with state.transaction() as conn:
                 state.put(conn, "status", step.intermediate)
@@ -355,10 +356,7 @@ class Lifecycle:
             return all(p["done"] or p["id"] in marking for p in self.state.prerequisites())
 
         def store(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "UPDATE prerequisites SET done = 1, done_at = COALESCE(done_at, datetime('now')) WHERE id = ?",
-                [(i,) for i in marking],
-            )
+            self.state.mark_prerequisites_done(conn, marking)
 
         def final_configuration(current: str) -> str:
             return PREREQUISITES_DONE if current == INSTALLED and (complete or all_marked()) else current
@@ -479,8 +477,8 @@ class Lifecycle:
         """Back to INSTALLED: stored configuration cleared, prerequisites undone."""
 
         def store(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM app_config")
-            conn.execute("UPDATE prerequisites SET done = 0, done_at = NULL")
+            self.state.clear_config(conn)
+            self.state.reset_prerequisites(conn)
 
         return self._run(
             _Step(
@@ -677,6 +675,11 @@ class Lifecycle:
     def _set_connector(self, table: str, connector: str, running: bool) -> Response:
         try:
             handle = self._handle(table, connector)
+            if not self.state.writable():
+                return Response(
+                    REQUIRED_PRIVILEGES_MISSING, f"this process cannot write the state database {self.state.path}"
+                )
+            self.pipeline.ensure_created()
             if not handle.state.writable():
                 return Response(
                     REQUIRED_PRIVILEGES_MISSING, f"this process cannot write the state database {handle.state.path}"

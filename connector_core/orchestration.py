@@ -43,14 +43,15 @@ def release_start_after(pipeline: Pipeline) -> list[str]:
             continue
         if all(label_is_finished(label, finished, carried) for label in waits_for):
             reason = f"start_after {', '.join(waits_for)} finished"
+            pipeline.ensure_created()
             handle.state.set_running(True, reason, released_by_start_after=True)
             started.append(handle.endpoint)
     return started
 
 
 def has_work(pipeline: Pipeline, handle: ConnectorHandle) -> bool:
-    """Active and not finished: a batch may bring new records."""
-    return pipeline.is_active(handle) and not handle.state.metrics().finished and not handle.state.metrics().fatal_error
+    """Active, not stopped on a fatal error and not finished: a batch may bring new records."""
+    return pipeline.idle_reason(handle) is None
 
 
 def tables_with_work(pipeline: Pipeline) -> dict[str, list[ConnectorHandle]]:
@@ -65,7 +66,7 @@ def tables_with_work(pipeline: Pipeline) -> dict[str, list[ConnectorHandle]]:
 def work_key(pipeline: Pipeline, table: str, handles: list[ConnectorHandle]) -> str:
     """A run key from the connectors' read counters: the same work is never requested twice, and every read
     (even one that found nothing new) lets the next run be requested."""
-    parts = [f"{h.connector_id}:{h.state.reads()}" for h in handles]
+    parts = [f"{h.connector_id or h.endpoint}:{h.state.reads()}" for h in handles]
     digest = hashlib.sha256("|".join(sorted(parts)).encode()).hexdigest()[:16]
     return f"{pipeline.name}.{table}.{digest}"
 
@@ -77,11 +78,23 @@ class RunSummary:
     batches: list[BatchReport] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
     stopped_reason: str = ""
+    #: Connectors this run ingested that ended it on a fatal error: endpoint -> the error.
+    fatal_errors: dict[str, str] = field(default_factory=dict)
+    #: Connectors that were stopped on a fatal error before this run and that it left alone.
+    earlier_fatal_errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def records(self) -> int:
         """Records ingested by the run."""
         return sum(b.records for b in self.batches)
+
+    @property
+    def records_by_connector(self) -> dict[str, int]:
+        """Records ingested per connector (``table.connector``)."""
+        counts: dict[str, int] = {}
+        for batch in self.batches:
+            counts[batch.endpoint] = counts.get(batch.endpoint, 0) + batch.records
+        return counts
 
 
 def run_pipeline(
@@ -89,23 +102,22 @@ def run_pipeline(
     session: IngestSession,
     progress: Callable[[str], None] = print,
     max_seconds: float | None = None,
-    max_consecutive_errors: int = 3,
 ) -> RunSummary:
     """Ingest headless until every connector that can finish has finished, applying ``start_after`` between batches.
 
     Connectors that never finish (a Kafka topic without partition EOF, a followed file, an endless datagen) are
     ingested while others still have work, and do not hold the run open. ``max_seconds`` bounds the run. A
-    connector whose reads fail ``max_consecutive_errors`` times in a row gets a fatal error and is left alone
-    until it is started again.
+    connector whose reads keep failing is given up by the batch step itself (``IngestSession``'s consecutive
+    failure rule, the same in Dagster runs); the summary names it in ``fatal_errors``.
     """
     summary = RunSummary()
+    ingested: set[str] = set()
     if not pipeline.is_started():
         summary.stopped_reason = f"pipeline {pipeline.name} is {pipeline.state.status}, not STARTED: nothing ingested"
         progress(summary.stopped_reason)
         return summary
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     idle_rounds = 0
-    failures: dict[str, int] = {}
     while True:
         released = release_start_after(pipeline)
         for endpoint in released:
@@ -123,12 +135,10 @@ def run_pipeline(
         for handle in work:
             report = session.ingest_batch(handle)
             summary.batches.append(report)
+            ingested.add(handle.endpoint)
             round_records += report.records
-            failures[handle.connector_id] = failures.get(handle.connector_id, 0) + 1 if report.error else 0
-            if failures[handle.connector_id] >= max_consecutive_errors:
-                message = f"stopped after {max_consecutive_errors} consecutive transport errors; last: {report.error}"
-                handle.state.set_fatal_error(message)
-                progress(f"{handle.endpoint}: {message} (`connectors connector ... start` retries it)")
+            if report.fatal_error:
+                progress(f"{handle.endpoint}: {report.fatal_error} (`connectors connector ... start` retries it)")
             if report.records or report.parse_errors or report.transport_errors:
                 progress(
                     f"{handle.endpoint}: +{report.records} records, {report.parse_errors} parse errors, "
@@ -137,5 +147,10 @@ def run_pipeline(
         idle_rounds = idle_rounds + 1 if round_records == 0 else 0
         if idle_rounds:
             time.sleep(min(0.05 * idle_rounds, 1.0))  # back off while sources have nothing new yet
+    for handle in pipeline.connectors():
+        fatal = handle.state.metrics().fatal_error
+        if fatal:
+            target = summary.fatal_errors if handle.endpoint in ingested else summary.earlier_fatal_errors
+            target[handle.endpoint] = fatal
     progress(f"run finished: {summary.records} records; {summary.stopped_reason}")
     return summary

@@ -10,6 +10,7 @@ from typing import Any
 from connector_core.project import ConnectorSpec, PipelineSpec, Project, connector_labels
 from connector_core.secrets import mask_secrets
 from connector_core.state import ConnectorState, PipelineState, StateStore
+from connector_core.vocabulary import RunState, Status
 
 
 @dataclass
@@ -18,8 +19,13 @@ class ConnectorHandle:
 
     table: str
     spec: ConnectorSpec
-    connector_id: str
+    connector_id: str | None  #: ``None`` until the first write creates the connector's database
     state: ConnectorState
+
+    @property
+    def starts_paused(self) -> bool:
+        """Created paused, or waiting for ``start_after``."""
+        return self.spec.starts_paused
 
     @property
     def endpoint(self) -> str:
@@ -33,33 +39,54 @@ class ConnectorHandle:
 
 
 class Pipeline:
-    """A pipeline of a project with its state: created on first open, ids kept afterwards."""
+    """A pipeline of a project joined with its state databases.
+
+    Opening one writes nothing: databases that exist are opened, missing ones answer the initial state
+    (CONFIGURING, INSTALLED, connectors Running or Paused as declared, counters at zero) until the first write
+    (a procedure, a batch, a ``start_after`` release) creates them through :meth:`ensure_created`. Ids are
+    generated then and kept afterwards.
+    """
 
     def __init__(self, project: Project, name: str, state_dir: str | os.PathLike[str] | None = None):
         self.project = project
         self.name = name
         self.spec: PipelineSpec = project.pipeline(name)
         self.store = StateStore(project.resolve_state_dir(state_dir))
-        self.state: PipelineState = self.store.pipeline(name)
-        self.state.initialize([(p.id, p.title, p.url) for p in self.spec.prerequisites])
+        prerequisites = [(p.id, p.title, p.url) for p in self.spec.prerequisites]
+        self.state: PipelineState = self.store.pipeline(name, create=False, prerequisites=prerequisites)
+        self._created = False
         self._connectors: dict[tuple[str, str], ConnectorHandle] = {}
         for table, spec in self.spec.iter_connectors():
             connector_id = self.state.connector_id(table, spec.name)
-            state = self.store.connector(name, connector_id)
-            state.initialize(
-                connector_id=connector_id,
-                pipeline_id=self.pipeline_id,
-                name=f"{table}.{spec.name}",
-                transport=spec.transport.name,
-                metadata={"pipeline": name, "table": table, "org_slug": self.spec.org_slug},
-                tags=connector_labels(table, spec),
-                starts_paused=spec.starts_paused,
-            )
+            state = self.store.connector(name, connector_id, create=False, starts_paused=spec.starts_paused)
             self._connectors[(table, spec.name)] = ConnectorHandle(table, spec, connector_id, state)
 
+    def ensure_created(self) -> None:
+        """Create every state database that does not exist yet (ids, identity rows, first states); refresh what
+        the project file changed. Writes nothing when all is stored already; the write paths call it first."""
+        if self._created:
+            return
+        self.state.create()
+        for handle in self._connectors.values():
+            if handle.connector_id is None:
+                handle.connector_id = self.state.ensure_connector_id(handle.table, handle.spec.name)
+                handle.state.close()
+                handle.state = self.store.connector(self.name, handle.connector_id, starts_paused=handle.starts_paused)
+            handle.state.create()
+            handle.state.initialize(
+                connector_id=handle.connector_id,
+                pipeline_id=str(self.pipeline_id),
+                name=handle.endpoint,
+                transport=handle.spec.transport.name,
+                metadata={"pipeline": self.name, "table": handle.table, "org_slug": self.spec.org_slug},
+                tags=handle.labels,
+                starts_paused=handle.starts_paused,
+            )
+        self._created = True
+
     @property
-    def pipeline_id(self) -> str:
-        """The pipeline (hub) id."""
+    def pipeline_id(self) -> str | None:
+        """The pipeline (hub) id (``None`` until the pipeline's database is created)."""
         return self.state.pipeline_id
 
     @property
@@ -78,11 +105,29 @@ class Pipeline:
 
     def is_started(self) -> bool:
         """Whether the pipeline's status lets connectors ingest."""
-        return self.state.status == "STARTED"
+        return self.state.status is Status.STARTED
 
     def is_active(self, handle: ConnectorHandle) -> bool:
-        """A connector ingests only when its pipeline is STARTED and it is Running."""
+        """Active (DESIGN §1): the pipeline is STARTED and the connector Running."""
         return self.is_started() and handle.state.running
+
+    def idle_reason(self, handle: ConnectorHandle) -> str | None:
+        """Why a batch of this connector would ingest nothing, or ``None`` when it may ingest: the one rule of who
+        ingests, shared by the sensor, ``connectors run`` and the table assets. A connector ingests when it is
+        active, has not stopped on a fatal error and has not finished."""
+        if not self.is_started():
+            return f"pipeline {self.name} is {self.state.status}, not STARTED"
+        if not handle.state.running:
+            return f"connector {handle.endpoint} is {RunState.PAUSED}"
+        metrics = handle.state.metrics()
+        if metrics.fatal_error:
+            return (
+                f"connector {handle.endpoint} stopped on a fatal error ({metrics.fatal_error}); "
+                f"`connectors connector {self.name} {handle.table} {handle.spec.name} start` retries it"
+            )
+        if metrics.finished:
+            return f"connector {handle.endpoint} has finished (end of input)"
+        return None
 
     def sink_settings(self) -> dict[str, Any]:
         """The sink of the project file overlaid with what the wizard or ``update-warehouse`` stored."""

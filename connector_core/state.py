@@ -23,9 +23,11 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from connector_core.vocabulary import ConfigurationStatus, RunState, Status
 
 BUSY_TIMEOUT_MS = 30_000
 MAX_PARSE_ERRORS_KEPT = 100
@@ -89,55 +91,98 @@ CONNECTOR_MIGRATIONS: Sequence[str] = (
     # 2: every read counts, also one that found nothing new, so the sensor's run keys move on for sources
     # that never finish (Kafka, followed files).
     "ALTER TABLE offsets ADD COLUMN reads INTEGER NOT NULL DEFAULT 0",
+    # 3: failed reads in a row, so that every front end gives a failing connector up after the same count.
+    "ALTER TABLE metrics ADD COLUMN consecutive_failures INTEGER NOT NULL DEFAULT 0",
 )
 
 
 class StateDB:
-    """One SQLite database with WAL, a busy timeout, migrations and ``BEGIN IMMEDIATE`` transactions."""
+    """One SQLite database with WAL, a busy timeout, migrations and ``BEGIN IMMEDIATE`` transactions.
 
-    def __init__(self, path: Path, migrations: Sequence[str], read_only: bool = False):
-        self.path = Path(path)
+    With ``create=False`` a database that does not exist yet is not created: the object is *absent*
+    (:attr:`exists` is false), its readers answer the initial state, and the first :meth:`transaction` creates
+    the file. Opening an existing file writes nothing unless its schema is older than this program's.
+    """
+
+    def __init__(self, path: Path | None, migrations: Sequence[str], read_only: bool = False, create: bool = True):
+        self.path = Path(path) if path is not None else None
         self.read_only = read_only
-        if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        elif not self.path.exists():
+        self._migrations = migrations
+        self._conn: sqlite3.Connection | None = None
+        if self.path is not None and self.path.exists():
+            self._open()
+        elif read_only:
             raise StateError(f"state database {self.path} does not exist")
-        uri = f"file:{self.path}?mode=ro" if read_only else f"file:{self.path}"
+        elif create:
+            self.create()
+
+    @property
+    def exists(self) -> bool:
+        """Whether the database file is open (it existed, or a write created it)."""
+        return self._conn is not None
+
+    def create(self) -> None:
+        """Create the database file (schema included) when it does not exist yet; open it."""
+        if self._conn is not None:
+            return
+        if self.path is None:
+            raise StateError("this state database has no path yet (its connector has no id)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._open()
+
+    def _open(self) -> None:
+        assert self.path is not None
+        uri = f"file:{self.path}?mode=ro" if self.read_only else f"file:{self.path}"
         try:
             self._conn = sqlite3.connect(
                 uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
             )
             self._conn.row_factory = sqlite3.Row
             self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if not read_only:
-                self._conn.execute("PRAGMA journal_mode = WAL")
-                self._conn.execute("PRAGMA synchronous = NORMAL")
-                self._migrate(migrations)
+            if self.read_only:
+                return
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            if self.schema_version < len(self._migrations):
+                self._conn.execute("PRAGMA journal_mode = WAL")  # kept by the file: set when it is made
+                self._migrate(self._migrations)
+            elif self.schema_version > len(self._migrations):
+                raise StateError(
+                    f"{self.path} has schema version {self.schema_version}, newer than this program knows "
+                    f"({len(self._migrations)}); upgrade dagster-connectors"
+                )
         except sqlite3.Error as exc:
+            self._conn = None
             raise StateError(f"cannot open state database {self.path}: {exc}") from exc
 
     def _migrate(self, migrations: Sequence[str]) -> None:
         with self.transaction() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(migrations):
-                raise StateError(
-                    f"{self.path} has schema version {version}, newer than this program knows "
-                    f"({len(migrations)}); upgrade dagster-connectors"
-                )
             for number, script in enumerate(migrations[version:], start=version + 1):
                 for statement in filter(str.strip, script.split(";")):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number}")
 
     @property
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.create()
+        assert self._conn is not None
+        return self._conn
+
+    @property
     def schema_version(self) -> int:
-        """The schema version stored in the file."""
+        """The schema version stored in the file (0 when there is no file yet)."""
+        if self._conn is None:
+            return 0
         return self._conn.execute("PRAGMA user_version").fetchone()[0]
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``): committed on success, rolled back on any exception."""
-        conn = self._conn
+        """A write transaction (``BEGIN IMMEDIATE``): committed on success, rolled back on any exception.
+
+        The first transaction of an absent database creates its file.
+        """
+        conn = self._connection
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -147,12 +192,22 @@ class StateDB:
         conn.execute("COMMIT")
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        """Rows of a read-only statement."""
+        """Rows of a read-only statement (none while the database does not exist)."""
+        if self._conn is None:
+            return []
         return self._conn.execute(sql, params).fetchall()
 
     def writable(self) -> bool:
-        """Whether this process may write the database (the privileges phase of every procedure)."""
-        if self.read_only or not os.access(self.path, os.W_OK):
+        """Whether this process may write the database (the privileges phase of every procedure); for a database
+        not created yet, whether its folder (or the nearest existing parent) is writable."""
+        if self.read_only:
+            return False
+        if self._conn is None:
+            folder = self.path.parent if self.path is not None else None
+            while folder is not None and not folder.exists():
+                folder = folder.parent if folder != folder.parent else None
+            return folder is not None and os.access(folder, os.W_OK)
+        if self.path is None or not os.access(self.path, os.W_OK):
             return False
         try:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -163,26 +218,56 @@ class StateDB:
 
     def close(self) -> None:
         """Close the connection."""
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 # ---------------------------------------------------------------------------------------------- pipelines
 class PipelineState(StateDB):
-    """The pipeline database: ids, lifecycle status, stored configuration, prerequisites, events."""
+    """The pipeline database: ids, lifecycle status, stored configuration, prerequisites, events.
 
-    def __init__(self, path: Path, read_only: bool = False):
-        super().__init__(path, PIPELINE_MIGRATIONS, read_only)
-        self.lock_path = self.path.with_suffix(".lock")
+    ``prerequisites`` are the checklist of the project file (id, title, url); until the database exists its
+    readers answer the initial state: CONFIGURING, INSTALLED, scheduling off, every prerequisite open.
+    """
 
-    def initialize(self, prerequisites: Sequence[tuple[str, str, str | None]] = ()) -> None:
-        """Create the identity and first status once; add new prerequisites (id, title, url), keep old ones."""
+    #: The first values of ``app_state`` (also what an absent database answers).
+    INITIAL = {
+        "status": Status.CONFIGURING,
+        "configuration_status": ConfigurationStatus.INSTALLED,
+        "scheduling": "off",
+    }
+
+    def __init__(
+        self,
+        path: Path,
+        read_only: bool = False,
+        create: bool = True,
+        prerequisites: Sequence[tuple[str, str, str | None]] = (),
+    ):
+        self.declared_prerequisites = list(prerequisites)
+        self.lock_path = Path(path).with_suffix(".lock")
+        super().__init__(path, PIPELINE_MIGRATIONS, read_only, create)
+
+    def create(self) -> None:
+        """Create the file with its identity, first status and prerequisites."""
+        if not self.exists:
+            super().create()
+        self.initialize()
+
+    def initialize(self, prerequisites: Sequence[tuple[str, str, str | None]] | None = None) -> None:
+        """Create the identity and first status once; add new prerequisites (id, title, url), keep old ones.
+
+        Writes nothing when all of that is stored already.
+        """
+        declared = self.declared_prerequisites if prerequisites is None else list(prerequisites)
+        stored = [(r["id"], r["title"], r["url"]) for r in self.query("SELECT id, title, url FROM prerequisites")]
+        if self.get("pipeline_id") and set(declared) <= set(stored):
+            return
         with self.transaction() as conn:
-            conn.execute("INSERT OR IGNORE INTO app_state VALUES ('pipeline_id', ?)", (str(uuid.uuid4()),))
-            conn.execute("INSERT OR IGNORE INTO app_state VALUES ('status', 'CONFIGURING')")
-            conn.execute("INSERT OR IGNORE INTO app_state VALUES ('configuration_status', 'INSTALLED')")
-            conn.execute("INSERT OR IGNORE INTO app_state VALUES ('scheduling', 'off')")
-            conn.execute("INSERT OR IGNORE INTO app_state VALUES ('created_at', ?)", (utc_now(),))
-            for prerequisite_id, title, url in prerequisites:
+            for key, value in {"pipeline_id": str(uuid.uuid4()), **self.INITIAL, "created_at": utc_now()}.items():
+                conn.execute("INSERT OR IGNORE INTO app_state VALUES (?, ?)", (key, str(value)))
+            for prerequisite_id, title, url in declared:
                 conn.execute(
                     "INSERT INTO prerequisites (id, title, url) VALUES (?, ?, ?) "
                     "ON CONFLICT (id) DO UPDATE SET title = excluded.title, url = excluded.url",
@@ -191,32 +276,33 @@ class PipelineState(StateDB):
 
     # -- app_state
     def get(self, key: str) -> str | None:
-        """One value of ``app_state``."""
+        """One value of ``app_state`` (the initial value while the database does not exist)."""
+        if not self.exists:
+            return self.INITIAL.get(key)
         rows = self.query("SELECT value FROM app_state WHERE key = ?", (key,))
         return rows[0]["value"] if rows else None
 
     @staticmethod
     def put(conn: sqlite3.Connection, key: str, value: str) -> None:
         """Set one value of ``app_state`` inside a transaction."""
-        conn.execute("INSERT OR REPLACE INTO app_state VALUES (?, ?)", (key, value))
+        conn.execute("INSERT OR REPLACE INTO app_state VALUES (?, ?)", (key, str(value)))
 
     @property
-    def pipeline_id(self) -> str:
-        """The pipeline (hub) id, a UUID generated once."""
-        value = self.get("pipeline_id")
-        if value is None:
-            raise StateError(f"{self.path} has no pipeline id; it was never initialized")
-        return value
+    def pipeline_id(self) -> str | None:
+        """The pipeline (hub) id, a UUID generated when the database is created (``None`` before)."""
+        return self.get("pipeline_id")
 
     @property
-    def status(self) -> str | None:
-        """The lifecycle status (CONFIGURING, STARTING, STARTED, PAUSING, PAUSED, ERROR)."""
-        return self.get("status")
+    def status(self) -> Status | None:
+        """The lifecycle status (CONFIGURING, STARTING, STARTED, PAUSING, PAUSED, ERROR); ``None``: no record."""
+        value = self.get("status")
+        return Status(value) if value is not None else None
 
     @property
-    def configuration_status(self) -> str | None:
-        """The wizard's progress (INSTALLED ... FINALIZED)."""
-        return self.get("configuration_status")
+    def configuration_status(self) -> ConfigurationStatus | None:
+        """The wizard's progress (INSTALLED ... FINALIZED); ``None``: no record."""
+        value = self.get("configuration_status")
+        return ConfigurationStatus(value) if value is not None else None
 
     @property
     def scheduling_enabled(self) -> bool:
@@ -235,11 +321,34 @@ class PipelineState(StateDB):
             "INSERT OR REPLACE INTO app_config VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()]
         )
 
+    @staticmethod
+    def clear_config(conn: sqlite3.Connection) -> None:
+        """Forget every stored configuration value inside a transaction (the wizard's reset)."""
+        conn.execute("DELETE FROM app_config")
+
     # -- prerequisites
     def prerequisites(self) -> list[dict[str, Any]]:
-        """Every prerequisite with its done flag."""
+        """Every prerequisite with its done flag (the declared ones, all open, while nothing is stored)."""
         rows = self.query("SELECT id, title, url, done, done_at FROM prerequisites ORDER BY rowid")
+        if not rows:
+            return [
+                {"id": i, "title": title, "url": url, "done": False, "done_at": None}
+                for i, title, url in self.declared_prerequisites
+            ]
         return [dict(row) | {"done": bool(row["done"])} for row in rows]
+
+    @staticmethod
+    def mark_prerequisites_done(conn: sqlite3.Connection, ids: Sequence[str]) -> None:
+        """Mark prerequisites done inside a transaction (the first time is kept as ``done_at``)."""
+        conn.executemany(
+            "UPDATE prerequisites SET done = 1, done_at = COALESCE(done_at, ?) WHERE id = ?",
+            [(utc_now(), i) for i in ids],
+        )
+
+    @staticmethod
+    def reset_prerequisites(conn: sqlite3.Connection) -> None:
+        """Mark every prerequisite open again inside a transaction."""
+        conn.execute("UPDATE prerequisites SET done = 0, done_at = NULL")
 
     # -- events
     @staticmethod
@@ -264,13 +373,18 @@ class PipelineState(StateDB):
         return [dict(r) for r in self.query("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))]
 
     # -- connectors
-    def connector_id(self, table: str, connector: str) -> str:
-        """The id of ``table.connector``, generated once and kept."""
+    def connector_id(self, table: str, connector: str) -> str | None:
+        """The id of ``table.connector`` (``None`` until a write gave it one)."""
         rows = self.query(
             "SELECT connector_id FROM connectors WHERE table_name = ? AND connector_name = ?", (table, connector)
         )
-        if rows:
-            return rows[0]["connector_id"]
+        return rows[0]["connector_id"] if rows else None
+
+    def ensure_connector_id(self, table: str, connector: str) -> str:
+        """The id of ``table.connector``, generated once and kept."""
+        known = self.connector_id(table, connector)
+        if known is not None:
+            return known
         with self.transaction() as conn:
             conn.execute("INSERT OR IGNORE INTO connectors VALUES (?, ?, ?)", (table, connector, str(uuid.uuid4())))
             return conn.execute(
@@ -312,6 +426,7 @@ class ConnectorMetrics:
     num_parse_errors: int = 0
     num_transport_errors: int = 0
     fatal_error: str | None = None
+    consecutive_failures: int = 0
 
     @property
     def finished(self) -> bool:
@@ -346,10 +461,15 @@ class BatchCommit:
 
 
 class ConnectorState(StateDB):
-    """The database of one connector: identity, runtime state, position, metrics, hourly stats, events."""
+    """The database of one connector: identity, runtime state, position, metrics, hourly stats, events.
 
-    def __init__(self, path: Path, read_only: bool = False):
-        super().__init__(path, CONNECTOR_MIGRATIONS, read_only)
+    Until the database exists (``path`` is ``None`` while the connector has no id) its readers answer the
+    initial state: ``starts_paused`` decides Paused or Running, every counter is zero.
+    """
+
+    def __init__(self, path: Path | None, read_only: bool = False, create: bool = True, starts_paused: bool = False):
+        self.starts_paused = starts_paused
+        super().__init__(path, CONNECTOR_MIGRATIONS, read_only, create and path is not None)
 
     def initialize(
         self,
@@ -361,16 +481,20 @@ class ConnectorState(StateDB):
         tags: Sequence[str],
         starts_paused: bool,
     ) -> None:
-        """Write the identity row and first runtime state once; refresh metadata and tags each time."""
+        """Write the identity row and first runtime state once; refresh name, type, metadata and tags when they
+        changed (nothing is written when they did not)."""
+        identity = (connector_id, pipeline_id, name, transport, json.dumps(metadata), json.dumps(list(tags)))
+        stored = self.query("SELECT * FROM identity")
+        if stored and tuple(stored[0]) == identity and self.runtime("state") is not None:
+            return
         with self.transaction() as conn:
             conn.execute(
                 "INSERT INTO identity VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (connector_id) DO UPDATE SET "
                 "name = excluded.name, type = excluded.type, metadata = excluded.metadata, tags = excluded.tags",
-                (connector_id, pipeline_id, name, transport, json.dumps(metadata), json.dumps(list(tags))),
+                identity,
             )
-            created = conn.execute(
-                "INSERT OR IGNORE INTO runtime VALUES ('state', ?)", ("Paused" if starts_paused else "Running",)
-            ).rowcount
+            first = RunState.PAUSED if starts_paused else RunState.RUNNING
+            created = conn.execute("INSERT OR IGNORE INTO runtime VALUES ('state', ?)", (str(first),)).rowcount
             if created:
                 self._event(conn, "created", f"connector {name} created")
 
@@ -399,13 +523,21 @@ class ConnectorState(StateDB):
         return rows[0]["value"] if rows else None
 
     @property
+    def run_state(self) -> RunState:
+        """The connector's own state (before the database exists: Paused when it starts paused)."""
+        stored = self.runtime("state")
+        if stored is not None:
+            return RunState(stored)
+        return RunState.PAUSED if self.starts_paused else RunState.RUNNING
+
+    @property
     def running(self) -> bool:
         """Whether the connector's own state is ``Running``."""
-        return self.runtime("state") == "Running"
+        return self.run_state is RunState.RUNNING
 
     def set_running(self, running: bool, reason: str, released_by_start_after: bool = False) -> bool:
         """Set ``Running``/``Paused``; returns whether it changed (the call is idempotent)."""
-        new_state = "Running" if running else "Paused"
+        new_state = str(RunState.RUNNING if running else RunState.PAUSED)
         with self.transaction() as conn:
             old = conn.execute("SELECT value FROM runtime WHERE key = 'state'").fetchone()
             if released_by_start_after:
@@ -423,16 +555,22 @@ class ConnectorState(StateDB):
 
     def position(self) -> tuple[Any, int]:
         """The stored source position (JSON) and batch sequence number."""
-        row = self.query("SELECT position, batch_seq FROM offsets WHERE id = 1")[0]
-        return (json.loads(row["position"]) if row["position"] else None), row["batch_seq"]
+        rows = self.query("SELECT position, batch_seq FROM offsets WHERE id = 1")
+        if not rows:
+            return None, 0
+        return (json.loads(rows[0]["position"]) if rows[0]["position"] else None), rows[0]["batch_seq"]
 
     def reads(self) -> int:
         """How many reads the connector made, including those that found nothing new."""
-        return self.query("SELECT reads FROM offsets WHERE id = 1")[0]["reads"]
+        rows = self.query("SELECT reads FROM offsets WHERE id = 1")
+        return rows[0]["reads"] if rows else 0
 
     def metrics(self) -> ConnectorMetrics:
         """The current counters."""
-        row = self.query("SELECT * FROM metrics WHERE id = 1")[0]
+        rows = self.query("SELECT * FROM metrics WHERE id = 1")
+        if not rows:
+            return ConnectorMetrics()
+        row = rows[0]
         return ConnectorMetrics(
             total_records=row["total_records"],
             total_bytes=row["total_bytes"],
@@ -441,6 +579,7 @@ class ConnectorState(StateDB):
             num_parse_errors=row["num_parse_errors"],
             num_transport_errors=row["num_transport_errors"],
             fatal_error=row["fatal_error"],
+            consecutive_failures=row["consecutive_failures"],
         )
 
     def parse_errors(self) -> list[dict[str, Any]]:
@@ -463,7 +602,8 @@ class ConnectorState(StateDB):
             conn.execute(
                 "UPDATE metrics SET total_records = total_records + ?, total_bytes = total_bytes + ?, "
                 "buffered_records = ?, end_of_input = ?, num_parse_errors = num_parse_errors + ?, "
-                "num_transport_errors = num_transport_errors + ?, fatal_error = ? WHERE id = 1",
+                "num_transport_errors = num_transport_errors + ?, fatal_error = ?, consecutive_failures = 0 "
+                "WHERE id = 1",
                 (
                     batch.records,
                     batch.bytes,
@@ -486,33 +626,48 @@ class ConnectorState(StateDB):
                 )
 
     def record_transport_error(self, message: str, fatal: bool = False) -> None:
-        """Count a transport error (and keep it as the fatal error when it stops the connector)."""
+        """Count a transport error that did not stop the read (and keep it as the fatal error with ``fatal``)."""
         with self.transaction() as conn:
             conn.execute(
                 "UPDATE metrics SET num_transport_errors = num_transport_errors + 1, "
                 "fatal_error = CASE WHEN ? THEN ? ELSE fatal_error END WHERE id = 1",
                 (int(fatal), message),
             )
-            conn.execute("UPDATE offsets SET reads = reads + 1 WHERE id = 1")
             self._add_hourly(conn, 0, 0, 0, 1)
             self._event(conn, "transport_error", message)
 
-    def set_fatal_error(self, message: str) -> None:
-        """Stop the connector's ingestion until it is started again (``start`` clears the error)."""
+    def record_failed_read(self, message: str, fatal_after: int) -> str | None:
+        """Count a read that failed (transport, processor or sink error): one more transport error and one more
+        consecutive failure. The ``fatal_after``-th failure in a row becomes the connector's fatal error, which
+        stops its ingestion until it is started again; returns that fatal error, else ``None``."""
         with self.transaction() as conn:
-            conn.execute("UPDATE metrics SET fatal_error = ? WHERE id = 1", (message,))
-            self._event(conn, "fatal_error", message)
+            conn.execute(
+                "UPDATE metrics SET num_transport_errors = num_transport_errors + 1, "
+                "consecutive_failures = consecutive_failures + 1 WHERE id = 1"
+            )
+            conn.execute("UPDATE offsets SET reads = reads + 1 WHERE id = 1")
+            self._add_hourly(conn, 0, 0, 0, 1)
+            self._event(conn, "transport_error", message)
+            failures = conn.execute("SELECT consecutive_failures FROM metrics WHERE id = 1").fetchone()[0]
+            if failures < fatal_after:
+                return None
+            fatal = f"stopped after {failures} consecutive failed reads; last: {message}"
+            conn.execute("UPDATE metrics SET fatal_error = ? WHERE id = 1", (fatal,))
+            self._event(conn, "fatal_error", fatal)
+            return fatal
 
     def clear_fatal_error(self) -> None:
-        """Forget the fatal error, so that a restarted connector tries again."""
+        """Forget the fatal error and the failures before it, so that a restarted connector tries again."""
+        if self.metrics() == replace(self.metrics(), fatal_error=None, consecutive_failures=0):
+            return
         with self.transaction() as conn:
-            conn.execute("UPDATE metrics SET fatal_error = NULL WHERE id = 1")
+            conn.execute("UPDATE metrics SET fatal_error = NULL, consecutive_failures = 0 WHERE id = 1")
 
     def update_progress(self, buffered_records: int, end_of_input: bool) -> None:
         """Refresh ``buffered_records`` and ``end_of_input`` when a read found nothing new."""
         with self.transaction() as conn:
             conn.execute(
-                "UPDATE metrics SET buffered_records = ?, end_of_input = ? WHERE id = 1",
+                "UPDATE metrics SET buffered_records = ?, end_of_input = ?, consecutive_failures = 0 WHERE id = 1",
                 (buffered_records, int(end_of_input)),
             )
             conn.execute("UPDATE offsets SET reads = reads + 1 WHERE id = 1")
@@ -543,10 +698,18 @@ class StateStore:
         """``{state_dir}/{pipeline}/connector/{connector_id}/sqlite.db``."""
         return self.state_dir / pipeline / "connector" / connector_id / "sqlite.db"
 
-    def pipeline(self, pipeline: str, read_only: bool = False) -> PipelineState:
-        """Open (creating when needed) the pipeline database."""
-        return PipelineState(self.pipeline_path(pipeline), read_only=read_only)
+    def pipeline(
+        self,
+        pipeline: str,
+        create: bool = True,
+        prerequisites: Sequence[tuple[str, str, str | None]] = (),
+    ) -> PipelineState:
+        """The pipeline database (created when needed, unless ``create`` is false)."""
+        return PipelineState(self.pipeline_path(pipeline), create=create, prerequisites=prerequisites)
 
-    def connector(self, pipeline: str, connector_id: str, read_only: bool = False) -> ConnectorState:
-        """Open (creating when needed) a connector database."""
-        return ConnectorState(self.connector_path(pipeline, connector_id), read_only=read_only)
+    def connector(
+        self, pipeline: str, connector_id: str | None, create: bool = True, starts_paused: bool = False
+    ) -> ConnectorState:
+        """A connector database (created when needed, unless ``create`` is false or it has no id yet)."""
+        path = self.connector_path(pipeline, connector_id) if connector_id else None
+        return ConnectorState(path, create=create, starts_paused=starts_paused)

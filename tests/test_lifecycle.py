@@ -78,6 +78,12 @@ def started(life: Lifecycle) -> Lifecycle:
 def test_new_pipeline_is_configuring_and_ids_are_kept(tmp_path: Path) -> None:
     first = open_lifecycle(tmp_path)
     assert statuses(first) == ("CONFIGURING", "INSTALLED")
+    assert not (tmp_path / "state").exists(), "opening and reading a pipeline creates nothing"
+    assert first.status().ok and not (tmp_path / "state").exists()
+    refused = first.pause()
+    assert refused.response_code == "INVALID_CONNECTOR_STATUS"
+    assert not (tmp_path / "state" / "p" / "pipeline.sqlite").exists(), "a refused procedure stores nothing"
+    assert first.prerequisites(done=["acl"]).ok, "the first procedure that writes creates the databases"
     again = open_lifecycle(tmp_path)
     assert again.pipeline.pipeline_id == first.pipeline.pipeline_id
     ids = [h.connector_id for h in first.pipeline.connectors()]
@@ -86,6 +92,7 @@ def test_new_pipeline_is_configuring_and_ids_are_kept(tmp_path: Path) -> None:
     states = {h.spec.name: h.state.running for h in first.pipeline.connectors()}
     assert states == {"backfill": True, "held": False, "live": False}  # paused: true and start_after start Paused
     assert first.state.schema_version == 1 and (tmp_path / "state" / "p" / "pipeline.sqlite").exists()
+    assert all(h.state.path.exists() and h.state.schema_version == 3 for h in first.pipeline.connectors())
 
 
 # ------------------------------------------------------------------------------------------ prerequisites

@@ -33,7 +33,9 @@ def make_pipeline(tmp_path: Path) -> Pipeline:
             }
         }
     )
-    return Pipeline(project, "p", tmp_path)
+    pipeline = Pipeline(project, "p", tmp_path)
+    pipeline.ensure_created()
+    return pipeline
 
 
 def test_layout_and_wal(tmp_path: Path) -> None:
@@ -102,6 +104,46 @@ def test_read_only_state_is_not_writable(tmp_path: Path) -> None:
         PipelineState(tmp_path / "missing.sqlite", read_only=True)
 
 
+def test_opening_a_pipeline_creates_no_file_and_reads_the_initial_state(tmp_path: Path) -> None:
+    project = parse_project(
+        {
+            "pipelines": {
+                "p": {
+                    "prerequisites": [{"id": "acl", "title": "Grant READ"}],
+                    "tables": {
+                        "t": {
+                            "connectors": [
+                                {"name": "c", "transport": {"name": "datagen"}},
+                                {"name": "later", "start_after": "t.c", "transport": {"name": "datagen"}},
+                            ]
+                        }
+                    },
+                }
+            }
+        }
+    )
+    pipeline = Pipeline(project, "p", tmp_path / "state")
+    assert (pipeline.state.status, pipeline.state.configuration_status) == ("CONFIGURING", "INSTALLED")
+    assert pipeline.pipeline_id is None and not pipeline.state.scheduling_enabled
+    assert [(p["id"], p["done"]) for p in pipeline.state.prerequisites()] == [("acl", False)]
+    now, later = pipeline.connectors()
+    assert now.state.running and not later.state.running and now.state.metrics().total_records == 0
+    assert pipeline.stats(now)["connector_id"] is None and pipeline.hourly_stats() == []
+    assert not (tmp_path / "state").exists(), "reading writes nothing"
+    pipeline.ensure_created()
+    assert pipeline.pipeline_id and now.connector_id and now.state.path.exists()
+    assert (pipeline.state.status, later.state.running) == ("CONFIGURING", False)
+    ids = (pipeline.pipeline_id, now.connector_id)
+    pipeline.close()
+    reopened = Pipeline(project, "p", tmp_path / "state")
+    assert (reopened.pipeline_id, reopened.connector("t", "c").connector_id) == ids
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "state").rglob("*.sqlite*")}
+    reopened.ensure_created()
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "state").rglob("*.sqlite*")} == files, (
+        "creating what exists writes nothing"
+    )
+
+
 def test_batches_metrics_hourly_stats_and_parse_errors(tmp_path: Path) -> None:
     state = StateStore(tmp_path).connector("p", "id-1")
     state.initialize("id-1", "pipe-1", "t.c", "file_input", {}, [], starts_paused=False)
@@ -123,6 +165,22 @@ def test_batches_metrics_hourly_stats_and_parse_errors(tmp_path: Path) -> None:
     assert state.metrics().num_transport_errors == 1 and state.metrics().fatal_error == "connection refused"
     state.clear_fatal_error()
     assert state.metrics().fatal_error is None and state.hourly_stats()[0]["transport_errors"] == 1
+
+
+def test_consecutive_failed_reads_become_a_fatal_error_and_a_good_read_resets_them(tmp_path: Path) -> None:
+    state = StateStore(tmp_path).connector("p", "id-1")
+    state.initialize("id-1", "pipe-1", "t.c", "url_input", {}, [], starts_paused=False)
+    assert state.record_failed_read("refused", fatal_after=3) is None
+    assert state.record_failed_read("refused", fatal_after=3) is None
+    state.update_progress(0, False)  # a read that worked, even one that found nothing, breaks the series
+    assert state.metrics().consecutive_failures == 0
+    assert [state.record_failed_read(f"refused {i}", fatal_after=3) for i in range(2)] == [None, None]
+    fatal = state.record_failed_read("refused 2", fatal_after=3)
+    assert fatal is not None and "3 consecutive failed reads" in fatal and "refused 2" in fatal
+    assert state.metrics().fatal_error == fatal and state.metrics().num_transport_errors == 5
+    assert state.reads() == 6 and state.events()[0]["kind"] == "fatal_error"
+    state.clear_fatal_error()
+    assert state.metrics().fatal_error is None and state.metrics().consecutive_failures == 0
 
 
 def test_secrets_are_masked() -> None:
