@@ -214,6 +214,38 @@ def test_finalize_creates_tables_and_starts(life: Lifecycle, tmp_path: Path) -> 
     assert {c[0] for c in columns} == {"part", "price"}
 
 
+def sink_tables(tmp_path: Path) -> set[str]:
+    import duckdb
+
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        return {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+
+
+@pytest.mark.parametrize("hook", ["finalize_callback", "finalize_validator"])
+def test_a_refused_or_failed_finalize_leaves_no_table_behind(tmp_path: Path, hook: str) -> None:
+    def fail(context: HookContext) -> None:
+        raise RuntimeError("custom step failed")
+
+    extra = {"kept": {"columns": {"id": "BIGINT"}, "connectors": [{"name": "gen", "transport": {"name": "datagen"}}]}}
+    life = open_lifecycle(
+        tmp_path, hooks={hook: fail}, tables={**project_dict(tmp_path)["pipelines"]["p"]["tables"], **extra}
+    )
+    assert life.configure().ok and life.connect().ok
+    import duckdb
+
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:  # a table that existed before finalize
+        con.execute("CREATE TABLE kept (id BIGINT)")
+        con.execute("INSERT INTO kept VALUES (7)")
+    response = life.finalize()
+    assert response.response_code in ("ROLLBACK_CODE", "INTERNAL_ERROR") and "custom step failed" in response.message
+    assert statuses(life) == ("CONFIGURING", "CONNECTED")
+    assert sink_tables(tmp_path) == {"kept"}, "the table finalize created is dropped, the one it found is kept"
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT id FROM kept").fetchall() == [(7,)]
+    life.hooks.pop(hook)
+    assert life.finalize().ok and sink_tables(tmp_path) == {"kept", "price"}
+
+
 def test_finalize_needs_connected(life: Lifecycle) -> None:
     assert life.configure().ok
     assert life.finalize().response_code == "INVALID_CONNECTOR_CONFIGURATION_STATUS"
@@ -503,4 +535,4 @@ def test_processes_racing_on_pause_and_resume_leave_one_winner(
         for (_, to), (start, _) in zip(transitions, transitions[1:], strict=False):
             assert to == start  # the event log is a chain: no two procedures interleaved
     assert started.state.status in ("STARTED", "PAUSED")
-    assert lc.OK == "OK"
+    assert lc.Lifecycle is Lifecycle

@@ -1,0 +1,135 @@
+"""Running a pipeline and its connectors (DESIGN §3, §4): status, pause, resume, recover, start/pause a connector."""
+
+from __future__ import annotations
+
+from connector_core.lifecycle.engine import ProcedureEngine, ProcedureStopped, Response, Step
+from connector_core.state import StateError
+from connector_core.vocabulary import ResponseCode, Status
+
+
+class RunningProcedures(ProcedureEngine):
+    """Status and the procedures that start and stop ingestion."""
+
+    def status(self) -> Response:
+        """Status, configurationStatus, prerequisites and every connector's state."""
+        state = self.state
+        if state.status is None:
+            return Response(
+                ResponseCode.CONNECTOR_STATUS_NOT_FOUND, f"pipeline {self.pipeline.name} has no state record"
+            )
+        connectors = [
+            {
+                "endpoint_name": h.endpoint,
+                "connector_id": h.connector_id,
+                "state": "Running" if h.state.running else "Paused",
+                "active": self.pipeline.is_active(h),
+                "finished": h.state.metrics().finished,
+            }
+            for h in self.pipeline.connectors()
+        ]
+        return Response(
+            ResponseCode.OK,
+            f"pipeline {self.pipeline.name} is {state.status} ({state.configuration_status})",
+            {
+                "pipeline": self.pipeline.name,
+                "pipeline_id": self.pipeline.pipeline_id,
+                "status": state.status,
+                "configurationStatus": state.configuration_status,
+                "scheduling": "on" if state.scheduling_enabled else "off",
+                "prerequisites": state.prerequisites(),
+                "connectors": connectors,
+            },
+        )
+
+    def pause(self) -> Response:
+        """STARTED (or a stuck PAUSING) → PAUSING → PAUSED; the sensor stops launching runs."""
+        return self._run(
+            Step(
+                "pause",
+                statuses=[Status.STARTED, Status.PAUSING],
+                intermediate=Status.PAUSING,
+                final_status=Status.PAUSED,
+                scheduling=False,
+                done_message="pipeline paused",
+            )
+        )
+
+    def resume(self) -> Response:
+        """PAUSED (or a stuck STARTING) → STARTING → STARTED; the sensor launches runs again."""
+        return self._run(
+            Step(
+                "resume",
+                statuses=[Status.PAUSED, Status.STARTING],
+                intermediate=Status.STARTING,
+                final_status=Status.STARTED,
+                scheduling=True,
+                done_message="pipeline resumed",
+            )
+        )
+
+    def recover(self, to: str) -> Response:
+        """The way out of ERROR or a stuck STARTING/PAUSING: to the STARTED or PAUSED the user names."""
+        target = str(to).upper()
+
+        def check() -> Response | None:
+            if target not in (Status.STARTED, Status.PAUSED):
+                return Response(
+                    ResponseCode.INVALID_NEW_CONNECTOR_STATUS,
+                    f"Cannot recover to {to}. Expected new status: [STARTED, PAUSED].",
+                )
+            return None
+
+        return self._run(
+            Step(
+                "recover",
+                statuses=[Status.ERROR, Status.STARTING, Status.PAUSING],
+                check=check,
+                final_status=target,
+                scheduling=target == Status.STARTED,
+                values={"to": target},
+                done_message=f"pipeline recovered to {target}",
+            )
+        )
+
+    def _set_connector(self, table: str, connector: str, running: bool) -> Response:
+        try:
+            handle = self._handle(table, connector)
+            if not self.state.writable():
+                return Response(
+                    ResponseCode.REQUIRED_PRIVILEGES_MISSING,
+                    f"this process cannot write the state database {self.state.path}",
+                )
+            self.pipeline.ensure_created()
+            if not handle.state.writable():
+                return Response(
+                    ResponseCode.REQUIRED_PRIVILEGES_MISSING,
+                    f"this process cannot write the state database {handle.state.path}",
+                )
+            verb = "started" if running else "paused"
+            changed = handle.state.set_running(running, f"{verb} by the user")
+            if running:
+                handle.state.clear_fatal_error()
+        except ProcedureStopped as stop:
+            return stop.response
+        except StateError as exc:
+            return Response(ResponseCode.INTERNAL_ERROR, str(exc))
+        message = (
+            f"connector {handle.endpoint} {verb}" if changed else f"connector {handle.endpoint} was already {verb}"
+        )
+        return Response(
+            ResponseCode.OK,
+            message,
+            {
+                "endpoint_name": handle.endpoint,
+                "state": "Running" if running else "Paused",
+                "active": self.pipeline.is_active(handle),
+            },
+        )
+
+    def start_connector(self, table: str, connector: str) -> Response:
+        """Set one connector Running (idempotent); it ingests while the pipeline is STARTED."""
+        return self._set_connector(table, connector, True)
+
+    def pause_connector(self, table: str, connector: str) -> Response:
+        """Set one connector Paused (idempotent)."""
+        return self._set_connector(table, connector, False)
