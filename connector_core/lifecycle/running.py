@@ -21,7 +21,7 @@ class RunningProcedures(ProcedureEngine):
             {
                 "endpoint_name": h.endpoint,
                 "connector_id": h.connector_id,
-                "state": "Running" if h.state.running else "Paused",
+                "state": h.state.run_state,
                 "active": self.pipeline.is_active(h),
                 "finished": h.state.metrics().finished,
             }
@@ -121,7 +121,7 @@ class RunningProcedures(ProcedureEngine):
             message,
             {
                 "endpoint_name": handle.endpoint,
-                "state": "Running" if running else "Paused",
+                "state": handle.state.run_state,
                 "active": self.pipeline.is_active(handle),
             },
         )
