@@ -1,5 +1,24 @@
-"""The ``connectors`` command line (DESIGN §7): a click front end over ``connector_core``."""
+"""The ``connectors`` command line (DESIGN §7): a click front end over ``connector_core``.
 
-from connector_cli.main import cli
+``main`` holds the root group and its global options, ``context`` what every command shares (the project, running
+a function on an opened pipeline, printing responses and exit codes), ``settings`` the ``--set`` values, ``output``
+the text form of stats, and ``pipeline``, ``connector``, ``wizard`` and ``run`` one command group each.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from connector_cli.main import cli
 
 __all__ = ["cli"]
+
+
+def __getattr__(name: str) -> Any:
+    """``connector_cli.cli``, imported on first use (so ``python -m connector_cli.main`` runs main.py only once)."""
+    if name == "cli":
+        from connector_cli.main import cli
+
+        return cli
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

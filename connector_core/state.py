@@ -206,7 +206,7 @@ class StateDB:
             folder = self.path.parent if self.path is not None else None
             while folder is not None and not folder.exists():
                 folder = folder.parent if folder != folder.parent else None
-            return folder is not None and os.access(folder, os.W_OK)
+            return folder is not None and folder.is_dir() and os.access(folder, os.W_OK)
         if self.path is None or not os.access(self.path, os.W_OK):
             return False
         try:

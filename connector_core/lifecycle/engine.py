@@ -13,7 +13,7 @@ from typing import Any
 from connector_core.clients import ConnectionClients
 from connector_core.pipeline import ConnectorHandle, Pipeline
 from connector_core.project import Project
-from connector_core.state import PipelineState, StateError
+from connector_core.state import PipelineState, StateDB, StateError
 from connector_core.vocabulary import ResponseCode, Status
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,254}$")
@@ -141,6 +141,9 @@ class ProcedureEngine:
         return Response.from_hook(hook(HookContext(self.pipeline, step.procedure, dict(step.values))))
 
     def _run(self, step: Step) -> Response:
+        refused = self._privileges_missing()
+        if refused is not None:
+            return refused
         try:
             with self.state.procedure_lock(self.lock_timeout_seconds):
                 return self._run_locked(step)
@@ -149,12 +152,17 @@ class ProcedureEngine:
         except StateError as exc:
             return Response(ResponseCode.INTERNAL_ERROR, str(exc))
 
+    def _privileges_missing(self, state: StateDB | None = None) -> Response | None:
+        """Phase 1: ``REQUIRED_PRIVILEGES_MISSING`` unless this process may write the (pipeline) state database."""
+        state = state or self.state
+        if state.writable():
+            return None
+        return Response(
+            ResponseCode.REQUIRED_PRIVILEGES_MISSING, f"this process cannot write the state database {state.path}"
+        )
+
     def _run_locked(self, step: Step) -> Response:
         state = self.state
-        if not state.writable():
-            return Response(
-                ResponseCode.REQUIRED_PRIVILEGES_MISSING, f"this process cannot write the state database {state.path}"
-            )
         status, configuration = state.status, state.configuration_status
         if status is None or configuration is None:
             return Response(

@@ -92,20 +92,17 @@ class RunningProcedures(ProcedureEngine):
         )
 
     def _set_connector(self, table: str, connector: str, running: bool) -> Response:
+        verb = "started" if running else "paused"
         try:
             handle = self._handle(table, connector)
-            if not self.state.writable():
-                return Response(
-                    ResponseCode.REQUIRED_PRIVILEGES_MISSING,
-                    f"this process cannot write the state database {self.state.path}",
-                )
+            refused = self._privileges_missing()
+            if refused is not None:
+                return refused
             self.pipeline.ensure_created()
-            if not handle.state.writable():
-                return Response(
-                    ResponseCode.REQUIRED_PRIVILEGES_MISSING,
-                    f"this process cannot write the state database {handle.state.path}",
-                )
-            verb = "started" if running else "paused"
+            refused = self._privileges_missing(handle.state)
+            if refused is not None:
+                return refused
+            fatal_error = handle.state.metrics().fatal_error
             changed = handle.state.set_running(running, f"{verb} by the user")
             if running:
                 handle.state.clear_fatal_error()
@@ -113,9 +110,12 @@ class RunningProcedures(ProcedureEngine):
             return stop.response
         except StateError as exc:
             return Response(ResponseCode.INTERNAL_ERROR, str(exc))
-        message = (
-            f"connector {handle.endpoint} {verb}" if changed else f"connector {handle.endpoint} was already {verb}"
-        )
+        if running and fatal_error:
+            message = f"connector {handle.endpoint} started again: its fatal error is cleared ({fatal_error})"
+        elif changed:
+            message = f"connector {handle.endpoint} {verb}"
+        else:
+            message = f"connector {handle.endpoint} was already {verb}"
         return Response(
             ResponseCode.OK,
             message,
