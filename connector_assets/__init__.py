@@ -1,4 +1,4 @@
-"""Dagster wiring of the connector control plane: translator, table assets, lifecycle jobs, definitions.
+"""Dagster wiring of the connector control plane (the shape of dagster-dlt / dagster-sling).
 
 .. code-block:: python
 
@@ -6,8 +6,10 @@
 
     defs = build_definitions("connectors.yaml")
 
-Names are imported on first use, so that importing ``connector_assets.component_registry`` (done by every dg
-project in the environment) stays light.
+Or piece by piece: :func:`connector_assets` (a ``multi_asset`` of a pipeline's tables around your own body),
+:class:`ConnectorsResource` (``yield from connectors.ingest(context)``), :class:`ConnectorsTranslator` (table ->
+``AssetSpec``). Names are imported on first use, so that importing ``connector_assets.component_registry`` (done
+by every dg project in the environment) stays light.
 """
 
 from __future__ import annotations
@@ -16,28 +18,35 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from connector_assets.assets import build_table_assets
+    from connector_assets.assets import build_table_assets, connector_assets
     from connector_assets.component import ConnectorsComponent
     from connector_assets.definitions import build_definitions
     from connector_assets.jobs import build_lifecycle_jobs
-    from connector_assets.translator import ConnectorsTranslator, TableProps
+    from connector_assets.resource import ConnectorsResource
+    from connector_assets.translator import ConnectorsTranslator, TableProps, build_connector_asset_specs
 
 _EXPORTS = {
     "ConnectorsComponent": "connector_assets.component",
+    "ConnectorsResource": "connector_assets.resource",
     "ConnectorsTranslator": "connector_assets.translator",
     "TableProps": "connector_assets.translator",
+    "build_connector_asset_specs": "connector_assets.translator",
     "build_definitions": "connector_assets.definitions",
     "build_lifecycle_jobs": "connector_assets.jobs",
     "build_table_assets": "connector_assets.assets",
+    "connector_assets": "connector_assets.assets",
 }
 
 __all__ = [
     "ConnectorsComponent",
+    "ConnectorsResource",
     "ConnectorsTranslator",
     "TableProps",
+    "build_connector_asset_specs",
     "build_definitions",
     "build_lifecycle_jobs",
     "build_table_assets",
+    "connector_assets",
 ]
 
 

@@ -10,11 +10,12 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
+
+from connector_assets.names import dagster_name
 
 STARTER_PROJECT = """\
 # A connectors project file (DESIGN §2). Start the pipeline with the {pipeline}__setup job, or
@@ -39,7 +40,7 @@ class ConnectorsScaffolder(dg.Scaffolder):
         dg.scaffold_component(request, {"project_file": "connectors.yaml"})
         project_file = request.target_path / "connectors.yaml"
         if not project_file.exists():
-            pipeline = re.sub(r"[^A-Za-z0-9_]", "_", request.target_path.name) or "pipeline"
+            pipeline = dagster_name(request.target_path.name) or "pipeline"
             project_file.write_text(STARTER_PROJECT.format(pipeline=pipeline))
 
 

@@ -7,24 +7,28 @@ happens at import time). ``ConnectorsComponent`` calls the same :func:`build_def
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import dagster as dg
 
-from connector_assets.assets import build_table_assets, table_asset_specs
+from connector_assets.assets import build_table_assets
 from connector_assets.jobs import build_lifecycle_jobs
-from connector_assets.translator import ConnectorsTranslator, dagster_name
+from connector_assets.names import (
+    connection_resource_key,
+    connectors_resource_key,
+    dagster_name,
+    ingest_job_name,
+    pipeline_tags,
+    sink_resource_key,
+)
+from connector_assets.resource import ConnectorsResource
+from connector_assets.translator import ConnectorsTranslator
 from connector_core.lifecycle import Hook
 from connector_core.pipeline import Pipeline
 from connector_core.project import Project, ProjectFileError, load_project
 from connector_core.state import StateError
 from resources import build_pipeline_resources
 from sensors import build_orchestration_sensor
-
-
-def ingest_job_name(pipeline_name: str) -> str:
-    """``{pipeline}__ingest``: the asset job over every table of a pipeline (the sensor's target)."""
-    return f"{dagster_name(pipeline_name)}__ingest"
 
 
 def load_project_for_dagster(project_file: str | os.PathLike[str] | None = None) -> Project:
@@ -36,6 +40,37 @@ def load_project_for_dagster(project_file: str | os.PathLike[str] | None = None)
         raise dg.DagsterInvalidDefinitionError(str(error)) from None
 
 
+def _invalid(project: Project, problems: list[str]) -> dg.DagsterInvalidDefinitionError:
+    lines = "".join(f"\n  - {problem}" for problem in problems)
+    return dg.DagsterInvalidDefinitionError(f"Invalid project file {project.source_path}:{lines}")
+
+
+def _clashes(names: Iterable[str], dagster_key: Callable[[str], str]) -> list[list[str]]:
+    """Groups of names that give one Dagster name."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(dagster_key(name), []).append(name)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def _resource_key_problems(project: Project, pipeline_name: str) -> list[str]:
+    """Connections whose resource keys clash with each other's, the sink's or the ConnectorsResource's."""
+    connections = project.pipeline(pipeline_name).connections
+    path = f"pipelines.{pipeline_name}.connections"
+    problems = [
+        f"{path}: names {', '.join(names)} give clashing Dagster resource keys ('-' becomes '_'); rename one of them"
+        for names in _clashes(connections, lambda name: connection_resource_key(pipeline_name, name))
+    ]
+    taken = {sink_resource_key(pipeline_name), connectors_resource_key(pipeline_name)}
+    problems += [
+        f"{path}.{name}: its Dagster resource key {connection_resource_key(pipeline_name, name)} is taken by the "
+        "pipeline's own resources; rename the connection"
+        for name in connections
+        if connection_resource_key(pipeline_name, name) in taken
+    ]
+    return problems
+
+
 def build_pipeline_definitions(
     pipeline_name: str,
     project: Project,
@@ -44,6 +79,9 @@ def build_pipeline_definitions(
     hooks: Mapping[str, Hook] | None = None,
 ) -> dg.Definitions:
     """Resources, table assets, ingest job, lifecycle jobs and orchestration sensor of one pipeline."""
+    problems = _resource_key_problems(project, pipeline_name)
+    if problems:
+        raise _invalid(project, problems)
     try:
         pipeline = Pipeline(project, pipeline_name, state_dir)
     except StateError as error:
@@ -52,28 +90,19 @@ def build_pipeline_definitions(
         resources = build_pipeline_resources(pipeline)
     finally:
         pipeline.close()
-    keys = set(resources)
-    dagster_resources = {dagster_name(key): resource for key, resource in resources.items()}
-    if len(dagster_resources) != len(resources):
-        raise dg.DagsterInvalidDefinitionError(
-            f"Invalid project file {project.source_path}:\n  - pipelines.{pipeline_name}.connections: "
-            f"names {', '.join(sorted(resources))} give clashing Dagster resource keys ('-' becomes '_'); "
-            "rename one of them"
-        )
-    assets = build_table_assets(pipeline_name, project, state_dir, translator, resource_keys=keys)
+    connectors = ConnectorsResource.for_pipeline(project, pipeline_name, state_dir, resources)
+    assets = build_table_assets(pipeline_name, project, translator)
     ingest_job = dg.define_asset_job(
         ingest_job_name(pipeline_name),
         selection=dg.AssetSelection.assets(assets),
         description=f"Ingest one batch from each active connector of every table of pipeline {pipeline_name}.",
-        tags={"connectors/pipeline": pipeline_name},
+        tags=pipeline_tags(pipeline_name),
     )
-    asset_keys = {table: spec.key for table, spec in table_asset_specs(pipeline_name, project, translator).items()}
-    sensor = build_orchestration_sensor(pipeline_name, project, state_dir, ingest_job, asset_keys=asset_keys)
     return dg.Definitions(
         assets=[assets],
-        jobs=[ingest_job, *build_lifecycle_jobs(pipeline_name, project, state_dir, keys, hooks)],
-        sensors=[sensor],
-        resources=dagster_resources,
+        jobs=[ingest_job, *build_lifecycle_jobs(pipeline_name, project, state_dir, hooks)],
+        sensors=[build_orchestration_sensor(pipeline_name, project, state_dir, assets, ingest_job)],
+        resources={connectors_resource_key(pipeline_name): connectors, **resources.by_key(pipeline_name)},
     )
 
 
@@ -87,22 +116,19 @@ def build_definitions(
 
     The file is ``project_file``, else ``$CONNECTORS_PROJECT_FILE``, else ``./connectors.yaml``; ``state_dir``
     overrides the file's (relative paths are relative to the project file). Per pipeline: one resource per
-    connection plus the sink (``{pipeline}__{connection}``, ``{pipeline}__sink``), the table assets
-    (``{pipeline}__tables``), the asset job ``{pipeline}__ingest``, the lifecycle jobs
-    (``{pipeline}__{procedure}``) and the sensor ``{pipeline}__orchestration``. ``hooks`` maps a pipeline to
-    in-code lifecycle hooks. A bad project file raises one ``DagsterInvalidDefinitionError`` naming the file
-    and the key paths.
+    connection plus the sink (``{pipeline}__{connection}``, ``{pipeline}__sink``) and the execution resource
+    ``{pipeline}__connectors`` nesting them, the table assets (``{pipeline}__tables``), the asset job
+    ``{pipeline}__ingest``, the lifecycle jobs (``{pipeline}__{procedure}``) and the sensor
+    ``{pipeline}__orchestration``. ``hooks`` maps a pipeline to in-code lifecycle hooks. A bad project file
+    raises one ``DagsterInvalidDefinitionError`` naming the file and the key paths.
     """
     project = load_project_for_dagster(project_file)
-    by_dagster_name: dict[str, list[str]] = {}
-    for name in project.pipelines:
-        by_dagster_name.setdefault(dagster_name(name), []).append(name)
-    clashes = [names for names in by_dagster_name.values() if len(names) > 1]
+    clashes = _clashes(project.pipelines, dagster_name)
     if clashes:
         problems = "; ".join(" and ".join(f"pipelines.{n}" for n in names) for names in clashes)
-        raise dg.DagsterInvalidDefinitionError(
-            f"Invalid project file {project.source_path}:\n  - {problems}: these pipeline names give the same "
-            "Dagster names ('-' becomes '_'); rename one of them"
+        raise _invalid(
+            project,
+            [f"{problems}: these pipeline names give the same Dagster names ('-' becomes '_'); rename one of them"],
         )
     return dg.Definitions.merge(
         *(
@@ -119,4 +145,4 @@ def defs() -> dg.Definitions:
     return build_definitions()
 
 
-__all__ = ["build_definitions", "build_pipeline_definitions", "defs", "ingest_job_name"]
+__all__ = ["build_definitions", "build_pipeline_definitions", "defs", "ingest_job_name", "load_project_for_dagster"]

@@ -1,11 +1,12 @@
 """Lifecycle jobs: one single-op job per procedure and pipeline, with a typed ``Config`` (a Launchpad form).
 
-An OK response is the op's output (logged and attached as output metadata); any other response fails the op
-with ``dg.Failure`` carrying the response as JSON metadata, without retries.
+Every op runs its procedure through ``connector_core.lifecycle.run_procedure``, as the CLI does. An OK response
+is the op's output (logged and attached as output metadata); any other response, ``INTERNAL_ERROR`` for a state
+database that cannot be opened included, fails the op with ``dg.Failure`` carrying the response as JSON metadata,
+without retries.
 """
 
-# No ``from __future__ import annotations`` here: Dagster reads each op's ``config`` annotation at definition
-# time, and the ops are built in a factory whose config classes are local variables.
+from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
@@ -16,12 +17,12 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from connector_assets.assets import pipeline_resource_keys, run_resources
-from connector_assets.translator import dagster_name
-from connector_core.lifecycle import Hook, Lifecycle, Response
+from connector_assets.names import connectors_resource_key, lifecycle_job_name, lifecycle_op_name, pipeline_tags
+from connector_assets.resource import ConnectorsResource, with_signature
+from connector_core.lifecycle import Hook, Lifecycle, Response, run_procedure
 from connector_core.pipeline import Pipeline
 from connector_core.project import Project, parse_setting_value
-from resources import ResourceClients
+from connector_core.vocabulary import RECOVER_TARGETS, Status
 
 
 class PrerequisitesConfig(dg.Config):
@@ -53,17 +54,17 @@ class SetupConfig(dg.Config):
     )
 
 
-class RecoverTarget(StrEnum):
-    """The status a pipeline recovers to."""
-
-    STARTED = "STARTED"
-    PAUSED = "PAUSED"
+#: The statuses ``recover`` may move a pipeline to (``connector_core.vocabulary.RECOVER_TARGETS``), as the
+#: Launchpad's choices.
+RecoverTarget = StrEnum("RecoverTarget", {status.name: status.value for status in RECOVER_TARGETS})
 
 
 class RecoverConfig(dg.Config):
     """Leave ERROR (or a stuck STARTING/PAUSING) for the status you name."""
 
-    to: RecoverTarget = Field(description="The status to recover to: STARTED or PAUSED.")
+    to: RecoverTarget = Field(  # type: ignore[valid-type]
+        description=f"The status to recover to: {' or '.join(RECOVER_TARGETS)}."
+    )
 
 
 class UpdateConnectionConfig(dg.Config):
@@ -150,7 +151,7 @@ PROCEDURES: tuple[Procedure, ...] = (
     Procedure(
         "recover",
         "Leave ERROR or a stuck STARTING/PAUSING for STARTED or PAUSED.",
-        lambda lc, c: lc.recover(c.to.value),
+        lambda lc, c: lc.recover(Status(c.to)),
         RecoverConfig,
     ),
     Procedure(
@@ -182,11 +183,6 @@ PROCEDURES: tuple[Procedure, ...] = (
 )
 
 
-def lifecycle_job_name(pipeline_name: str, procedure: str) -> str:
-    """``{pipeline}__{procedure}``, e.g. ``example__wizard_connect``."""
-    return f"{dagster_name(pipeline_name)}__{procedure}"
-
-
 def _run_procedure(
     context: dg.OpExecutionContext,
     procedure: Procedure,
@@ -194,27 +190,27 @@ def _run_procedure(
     pipeline_name: str,
     project: Project,
     state_dir: str | os.PathLike[str] | None,
-    resource_keys: set[str],
     hooks: Mapping[str, Hook] | None,
+    connectors: ConnectorsResource | None,
 ) -> dg.Output:
-    pipeline = Pipeline(project, pipeline_name, state_dir)
-    try:
-        clients = None
-        if procedure.needs_connections:
-            clients = ResourceClients(pipeline, run_resources(context, resource_keys))
-        lifecycle = Lifecycle(pipeline, clients, dict(hooks or {}))
-        answer = procedure.call(lifecycle, config).as_dict()
-    finally:
-        pipeline.close()
-    code, message = answer.get("response_code"), answer.get("message", "")
-    if code != "OK":
+    """Run one procedure through ``connector_core.lifecycle.run_procedure``: an OK response is the op's output,
+    any other (a state database that cannot be opened included) fails the op with it as metadata."""
+
+    def call(pipeline: Pipeline) -> Response:
+        clients = connectors.clients(pipeline) if connectors is not None else None
+        return procedure.call(Lifecycle(pipeline, clients, dict(hooks or {})), config)
+
+    response = run_procedure(project, pipeline_name, call, state_dir)
+    answer = response.as_dict()
+    code, message = answer["response_code"], answer["message"]
+    if not response.ok:
         context.log.error(f"{pipeline_name} {procedure.name}: {code}: {message}")
         raise dg.Failure(
             description=f"{code}: {message}",
             metadata={"response": dg.MetadataValue.json(answer), "response_code": code},
             allow_retries=False,
         )
-    context.log.info(f"{pipeline_name} {procedure.name}: OK: {message}")
+    context.log.info(f"{pipeline_name} {procedure.name}: {code}: {message}")
     metadata: dict[str, Any] = {"response": dg.MetadataValue.json(answer), "message": message}
     for key in ("status", "configurationStatus"):
         if isinstance(answer.get(key), str):
@@ -227,42 +223,34 @@ def _build_job(
     pipeline_name: str,
     project: Project,
     state_dir: str | os.PathLike[str] | None,
-    resource_keys: set[str],
     hooks: Mapping[str, Hook] | None,
 ) -> dg.JobDefinition:
-    name = lifecycle_job_name(pipeline_name, procedure.name)
-    keys = set(resource_keys) if procedure.needs_connections else set()
-    op_args = {
-        "name": f"{name}_op",  # an op may not share its job's (graph's) name
-        "description": procedure.description,
-        "required_resource_keys": {dagster_name(key) for key in keys},
-        "out": dg.Out(dict, description="The procedure's response JSON."),
-        "tags": {"connectors/pipeline": pipeline_name, "connectors/procedure": procedure.name},
-    }
+    resource_key = connectors_resource_key(pipeline_name)
+    tags = pipeline_tags(pipeline_name, procedure=procedure.name)
 
-    def run(context: dg.OpExecutionContext, config: Any) -> dg.Output:
-        return _run_procedure(context, procedure, config, pipeline_name, project, state_dir, keys, hooks)
+    def run(context: dg.OpExecutionContext, config: Any = None, **resources: ConnectorsResource) -> dg.Output:
+        connectors = resources.get(resource_key)
+        return _run_procedure(context, procedure, config, pipeline_name, project, state_dir, hooks, connectors)
 
-    config_cls = procedure.config
-    if config_cls is None:
-
-        @dg.op(**op_args)
-        def _op(context: dg.OpExecutionContext) -> dg.Output:
-            return run(context, None)
-
-    else:
-
-        @dg.op(**op_args)
-        def _op(context: dg.OpExecutionContext, config: config_cls) -> dg.Output:  # type: ignore[valid-type]
-            return run(context, config)
+    parameters: dict[str, Any] = {"context": dg.OpExecutionContext}
+    if procedure.config is not None:
+        parameters["config"] = procedure.config
+    if procedure.needs_connections:
+        parameters[resource_key] = ConnectorsResource
+    op = dg.op(
+        name=lifecycle_op_name(pipeline_name, procedure.name),
+        description=procedure.description,
+        out=dg.Out(dict, description="The procedure's response JSON."),
+        tags=tags,
+    )(with_signature(run, **parameters))
 
     @dg.job(
-        name=name,
+        name=lifecycle_job_name(pipeline_name, procedure.name),
         description=f"{procedure.description} Pipeline {pipeline_name}.",
-        tags={"connectors/pipeline": pipeline_name, "connectors/procedure": procedure.name},
+        tags=tags,
     )
     def _job() -> None:
-        _op()
+        op()
 
     return _job
 
@@ -271,17 +259,14 @@ def build_lifecycle_jobs(
     pipeline_name: str,
     project: Project,
     state_dir: str | os.PathLike[str] | None = None,
-    resource_keys: set[str] | None = None,
     hooks: Mapping[str, Hook] | None = None,
 ) -> list[dg.JobDefinition]:
     """The lifecycle jobs of one pipeline, named ``{pipeline}__{procedure}``.
 
     Procedures: ``wizard_prerequisites``, ``wizard_configure``, ``wizard_connect``, ``wizard_finalize``,
     ``wizard_reset``, ``setup``, ``pause``, ``resume``, ``recover``, ``update_connection``, ``update_warehouse``,
-    ``start_connector``, ``pause_connector``. Ops that reach connections require the pipeline's resources
-    (``resource_keys``, default: its connection and sink keys). ``hooks`` are in-code validators/callbacks,
+    ``start_connector``, ``pause_connector``. Ops that reach connections take the pipeline's
+    :class:`ConnectorsResource` (key ``{pipeline}__connectors``). ``hooks`` are in-code validators/callbacks,
     winning over the project file's.
     """
-    if resource_keys is None:
-        resource_keys = pipeline_resource_keys(pipeline_name, project, state_dir)
-    return [_build_job(p, pipeline_name, project, state_dir, resource_keys, hooks) for p in PROCEDURES]
+    return [_build_job(p, pipeline_name, project, state_dir, hooks) for p in PROCEDURES]

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 
-from connector_core.project import PipelineSpec, TableSpec
+from connector_assets.names import PIPELINE_METADATA_KEY, TABLE_METADATA_KEY, group_name
+from connector_core.project import PipelineSpec, Project, TableSpec
 
 #: Dagster allows at most this many kinds on one asset.
 MAX_KINDS = 10
@@ -29,11 +29,6 @@ TRANSPORT_KINDS = {
     "s3_input": "s3",
     "command": "command",
 }
-
-
-def dagster_name(name: str) -> str:
-    """A pipeline (or table) name as a valid Dagster job/op/sensor/group name (``-`` becomes ``_``)."""
-    return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
 @dataclass(frozen=True)
@@ -65,7 +60,7 @@ class ConnectorsTranslator:
         return dg.AssetSpec(
             key=dg.AssetKey([props.pipeline_name, props.table_name]),
             description=self._description(props),
-            group_name=dagster_name(props.pipeline_name),
+            group_name=group_name(props.pipeline_name),
             kinds=self._kinds(props),
             owners=[f"team:{props.pipeline.org_slug}"],
             metadata=self._metadata(props),
@@ -94,7 +89,7 @@ class ConnectorsTranslator:
             metadata["dagster/column_schema"] = dg.TableSchema(
                 columns=[dg.TableColumn(name=name, type=sql_type) for name, sql_type in props.table.columns.items()]
             )
-        metadata["connectors/pipeline"] = props.pipeline_name
+        metadata[PIPELINE_METADATA_KEY] = props.pipeline_name
         metadata["connectors/sink"] = props.pipeline.sink.kind
         metadata["connectors/endpoints"] = dg.MetadataValue.json(props.endpoints)
         metadata["connectors/transports"] = dg.MetadataValue.json(
@@ -118,3 +113,32 @@ def table_code_version(table: TableSpec) -> str:
     """A short hash of a table's configuration (columns and connectors): changes when the file changes it."""
     text = json.dumps(table.model_dump(mode="json", by_alias=True), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_connector_asset_specs(
+    project: Project, pipeline_name: str, translator: ConnectorsTranslator | None = None
+) -> list[dg.AssetSpec]:
+    """The translator's ``AssetSpec`` of every table of a pipeline, in file order.
+
+    Whatever the translator decides, each spec stays ``skippable`` (a table with no active connector
+    materializes nothing) and keeps the pipeline and table it stands for in its metadata (``connectors/pipeline``,
+    ``connectors/table``): the execution resource and the sensor find a table's asset key there.
+    """
+    translator = translator or ConnectorsTranslator()
+    spec = project.pipeline(pipeline_name)
+    return [
+        translator.get_asset_spec(TableProps(pipeline_name, table_name, table, spec))
+        .replace_attributes(skippable=True)
+        .merge_attributes(metadata={PIPELINE_METADATA_KEY: pipeline_name, TABLE_METADATA_KEY: table_name})
+        for table_name, table in spec.tables.items()
+    ]
+
+
+def table_asset_keys(assets: dg.AssetsDefinition, pipeline_name: str) -> dict[str, dg.AssetKey]:
+    """Table -> asset key of the tables of ``pipeline_name`` among ``assets`` (built from
+    :func:`build_connector_asset_specs`), in the assets' order."""
+    return {
+        spec.metadata[TABLE_METADATA_KEY]: spec.key
+        for spec in assets.specs
+        if spec.metadata.get(PIPELINE_METADATA_KEY) == pipeline_name and TABLE_METADATA_KEY in spec.metadata
+    }

@@ -1,7 +1,8 @@
 """Dagster resources: one per connection kind, plus the clients adapter handed to ``connector_core``.
 
 Connections of the project file become resources keyed ``{pipeline}__{connection}``; the sink becomes
-``{pipeline}__sink``. Secrets written as ``{env: NAME}`` become ``dagster.EnvVar(NAME)``, read at run time.
+``{pipeline}__sink`` (names: ``connector_assets.names``). Secrets written as ``{env: NAME}`` become
+``dagster.EnvVar(NAME)``, read when the resource is initialized, for every connection kind.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,53 +20,39 @@ from dagster_duckdb import DuckDBResource
 from dagster_snowflake import SnowflakeResource
 from pydantic import Field
 
+from connector_assets.names import connection_resource_key, sink_resource_key
 from connector_core.pipeline import Pipeline
+from connector_core.secrets import is_env_reference
 
 __all__ = [
     "KafkaResource",
+    "PipelineResources",
     "PostgresResource",
     "ResourceClients",
     "build_clients",
     "build_pipeline_resources",
     "connection_resource",
-    "connection_resource_key",
-    "sink_resource_key",
+    "initialize",
 ]
-
-
-def connection_resource_key(pipeline: str, connection: str) -> str:
-    """The resource key of a named connection of a pipeline."""
-    return f"{pipeline}__{connection}"
-
-
-def sink_resource_key(pipeline: str) -> str:
-    """The resource key of a pipeline's sink."""
-    return f"{pipeline}__sink"
 
 
 def _secret(value: Any) -> Any:
     """``{env: NAME}`` (as dumped by pydantic) -> ``dg.EnvVar(NAME)``; anything else unchanged."""
-    if isinstance(value, dict) and set(value) == {"env"}:
-        return dg.EnvVar(value["env"])
-    return value
+    return dg.EnvVar(value["env"]) if is_env_reference(value) else value
 
 
 class KafkaResource(dg.ConfigurableResource):
     """A Kafka cluster reached with confluent-kafka (librdkafka settings)."""
 
     config: dict[str, str] = Field(description="librdkafka settings without secrets, e.g. bootstrap.servers.")
-    secret_env: dict[str, str] = Field(
-        default_factory=dict, description="librdkafka setting -> name of the environment variable holding it."
+    secrets: dict[str, str] = Field(
+        default_factory=dict,
+        description="Secret librdkafka settings, e.g. sasl.password; give each value as EnvVar (read at run time).",
     )
 
     def settings(self) -> dict[str, Any]:
-        """The full librdkafka settings, secrets read from the environment now."""
-        import os
-
-        missing = [env for env in self.secret_env.values() if env not in os.environ]
-        if missing:
-            raise RuntimeError(f"environment variable(s) {', '.join(missing)} not set")
-        return {**self.config, **{key: os.environ[env] for key, env in self.secret_env.items()}}
+        """The full librdkafka settings, secrets included."""
+        return {**self.config, **self.secrets}
 
     def test(self) -> None:
         """Ask the cluster for its metadata."""
@@ -101,8 +89,8 @@ def connection_resource(settings: dict[str, Any]) -> dg.ConfigurableResource:
     if kind == "kafka":
         config = settings["config"]
         return KafkaResource(
-            config={k: str(v) for k, v in config.items() if not isinstance(v, dict)},
-            secret_env={k: v["env"] for k, v in config.items() if isinstance(v, dict)},
+            config={k: str(v) for k, v in config.items() if not is_env_reference(v)},
+            secrets={k: _secret(v) for k, v in config.items() if is_env_reference(v)},
         )
     if kind == "postgres":
         return PostgresResource(dsn=_secret(settings["dsn"]))
@@ -116,36 +104,50 @@ def connection_resource(settings: dict[str, Any]) -> dg.ConfigurableResource:
     raise ValueError(f"unknown connection kind {kind!r}")
 
 
-def build_pipeline_resources(pipeline: Pipeline) -> dict[str, dg.ConfigurableResource]:
+@dataclass(frozen=True)
+class PipelineResources:
+    """The resources of one pipeline: one per connection (by connection name) and the DuckDB sink, if any."""
+
+    connections: dict[str, dg.ConfigurableResource]
+    sink: DuckDBResource | None
+
+    def by_key(self, pipeline_name: str) -> dict[str, dg.ConfigurableResource]:
+        """The same resources under their Dagster keys, ``{pipeline}__{connection}`` and ``{pipeline}__sink``."""
+        keyed = {connection_resource_key(pipeline_name, name): r for name, r in self.connections.items()}
+        if self.sink is not None:
+            keyed[sink_resource_key(pipeline_name)] = self.sink
+        return keyed
+
+
+def build_pipeline_resources(pipeline: Pipeline) -> PipelineResources:
     """Resources for every connection of a pipeline and for its sink (stored overrides applied)."""
-    resources = {
-        connection_resource_key(pipeline.name, name): connection_resource(pipeline.connection_settings(name))
-        for name in pipeline.spec.connections
-    }
+    connections = {name: connection_resource(pipeline.connection_settings(name)) for name in pipeline.spec.connections}
     sink = pipeline.sink_settings()
-    if sink["kind"] == "duckdb":
-        path = Path(sink["path"])
-        database = path if path.is_absolute() else pipeline.base_dir / path
-        resources[sink_resource_key(pipeline.name)] = DuckDBResource(database=str(database))
-    return resources
+    if sink["kind"] != "duckdb":
+        return PipelineResources(connections, None)
+    path = Path(sink["path"])
+    return PipelineResources(
+        connections, DuckDBResource(database=str(path if path.is_absolute() else pipeline.base_dir / path))
+    )
 
 
 class ResourceClients:
-    """Implements ``connector_core.clients.ConnectionClients`` over a pipeline's Dagster resources."""
+    """Implements ``connector_core.clients.ConnectionClients`` over a pipeline's resources: its connections by
+    name, and its DuckDB sink (``None`` for a Snowflake sink, reached through its connection)."""
 
-    def __init__(self, pipeline: Pipeline, resources: Mapping[str, Any]):
+    def __init__(self, pipeline: Pipeline, connections: Mapping[str, Any], sink: Any | None = None):
         self.pipeline = pipeline
-        self.resources = resources
+        self.connections = connections
+        self.sink = sink
 
     def _resource(self, connection: str, kind: str) -> Any:
-        key = connection_resource_key(self.pipeline.name, connection)
         if connection not in self.pipeline.spec.connections:
             known = ", ".join(self.pipeline.spec.connections) or "none"
             raise LookupError(f"pipeline {self.pipeline.name} has no connection {connection!r} (connections: {known})")
         actual = self.pipeline.spec.connections[connection].kind
         if actual != kind:
             raise LookupError(f"connection {connection!r} is a {actual} connection, not {kind}")
-        return self.resources[key]
+        return self.connections[connection]
 
     def kafka_settings(self, connection: str) -> dict[str, Any]:
         """librdkafka settings of a kafka connection."""
@@ -167,13 +169,15 @@ class ResourceClients:
 
     def duckdb_connection(self) -> contextlib.AbstractContextManager[Any]:
         """A connection to the DuckDB sink."""
-        return self.resources[sink_resource_key(self.pipeline.name)].get_connection()
+        if self.sink is None:
+            raise LookupError(f"pipeline {self.pipeline.name} has no DuckDB sink")
+        return self.sink.get_connection()
 
     def test_connection(self, connection: str, settings: dict[str, Any] | None = None) -> None:
         """Reach a connection for real (``settings``: proposed values instead); raise with the cause on failure."""
         kind = self.pipeline.spec.connections[connection].kind
         if settings is not None:
-            resource = connection_resource(settings).process_config_and_initialize()
+            resource = initialize(connection_resource(settings))
         else:
             resource = self._resource(connection, kind)
         if kind in ("kafka", "postgres"):
@@ -201,6 +205,17 @@ class ResourceClients:
         return sorted(set(buckets))
 
 
+def initialize(resource: dg.ConfigurableResource) -> Any:
+    """A resource outside a Dagster run, ``EnvVar``s read now; an unset one is named in one short message."""
+    try:
+        return resource.process_config_and_initialize()
+    except Exception as exc:
+        missing = re.findall(r'environment variable "(\w+)" which is not set', str(exc))
+        if missing:
+            raise RuntimeError(f"environment variable(s) {', '.join(missing)} not set") from None
+        raise
+
+
 class _ResourcesOnFirstUse(Mapping[str, Any]):
     """Resources initialized (``EnvVar``s resolved) when first used, so one connection's unset secret does not
     block steps that use other connections (or the command that repairs it)."""
@@ -211,13 +226,7 @@ class _ResourcesOnFirstUse(Mapping[str, Any]):
 
     def __getitem__(self, key: str) -> Any:
         if key not in self._initialized:
-            try:
-                self._initialized[key] = self._resources[key].process_config_and_initialize()
-            except Exception as exc:
-                missing = re.findall(r'environment variable "(\w+)" which is not set', str(exc))
-                if missing:
-                    raise RuntimeError(f"environment variable(s) {', '.join(missing)} not set") from None
-                raise
+            self._initialized[key] = initialize(self._resources[key])
         return self._initialized[key]
 
     def __iter__(self) -> Iterator[str]:
@@ -229,4 +238,5 @@ class _ResourcesOnFirstUse(Mapping[str, Any]):
 
 def build_clients(pipeline: Pipeline) -> ResourceClients:
     """Clients for use outside a Dagster run (the CLI): each resource is initialized when first used."""
-    return ResourceClients(pipeline, _ResourcesOnFirstUse(build_pipeline_resources(pipeline)))
+    resources = build_pipeline_resources(pipeline)
+    return ResourceClients(pipeline, _ResourcesOnFirstUse(resources.connections), resources.sink)

@@ -14,15 +14,15 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from connector_assets.translator import dagster_name
+from connector_assets.names import PIPELINE_TAG, TABLE_TAG, orchestration_sensor_name, pipeline_tags
+from connector_assets.translator import table_asset_keys
 from connector_core.orchestration import release_start_after, tables_with_work, work_key
 from connector_core.pipeline import Pipeline
 from connector_core.project import Project
+from connector_core.vocabulary import Status
 
-__all__ = ["PIPELINE_TAG", "TABLE_TAG", "build_orchestration_sensor", "orchestration_sensor_name"]
+__all__ = ["build_orchestration_sensor"]
 
-PIPELINE_TAG = "connectors/pipeline"
-TABLE_TAG = "connectors/table"
 #: Runs in these states still hold a table's work: no second run is requested for that table meanwhile.
 UNFINISHED_RUN_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
@@ -33,16 +33,11 @@ UNFINISHED_RUN_STATUSES = [
 ]
 
 
-def orchestration_sensor_name(pipeline_name: str) -> str:
-    """``{pipeline}__orchestration``."""
-    return f"{dagster_name(pipeline_name)}__orchestration"
-
-
 def _busy_tables(
     context: dg.SensorEvaluationContext,
     pipeline_name: str,
     asset_keys: Mapping[str, dg.AssetKey],
-    job_name: str | None,
+    job_name: str,
 ) -> set[str]:
     """Tables of this pipeline that a queued or running run is materializing (empty without an instance).
 
@@ -60,7 +55,7 @@ def _busy_tables(
             busy.add(run.tags[TABLE_TAG])
         elif run.asset_selection:
             busy.update(table_of[key] for key in run.asset_selection if key in table_of)
-        elif job_name is not None and run.job_name == job_name:
+        elif run.job_name == job_name:
             busy.update(asset_keys)
     return busy
 
@@ -69,28 +64,26 @@ def build_orchestration_sensor(
     pipeline_name: str,
     project: Project,
     state_dir: str | os.PathLike[str] | None,
-    asset_job_or_selection: dg.JobDefinition | dg.UnresolvedAssetJobDefinition | dg.AssetSelection,
-    asset_keys: Mapping[str, dg.AssetKey] | None = None,
+    assets: dg.AssetsDefinition,
+    asset_job: dg.JobDefinition | dg.UnresolvedAssetJobDefinition,
     minimum_interval_seconds: int = 10,
 ) -> dg.SensorDefinition:
-    """The sensor ``{pipeline}__orchestration`` (running by default) targeting the pipeline's asset job.
+    """The sensor ``{pipeline}__orchestration`` (running by default) requesting runs of ``asset_job``.
 
-    ``asset_keys`` maps table -> asset key when a translator changed the default ``[pipeline, table]``.
+    A table's asset key is the one its spec in ``assets`` carries (whatever key the translator chose).
     """
-    keys = {table: dg.AssetKey([pipeline_name, table]) for table in project.pipeline(pipeline_name).tables}
-    keys.update(asset_keys or {})
-    job_name = getattr(asset_job_or_selection, "name", None)
+    keys = table_asset_keys(assets, pipeline_name)
 
     @dg.sensor(
         name=orchestration_sensor_name(pipeline_name),
-        target=asset_job_or_selection,
+        target=asset_job,
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=minimum_interval_seconds,
         description=(
             f"Pipeline {pipeline_name}: starts start_after connectors whose labels finished and requests an ingest "
             "run for each table whose active connectors have data left."
         ),
-        tags={PIPELINE_TAG: pipeline_name},
+        tags=pipeline_tags(pipeline_name),
     )
     def _orchestration(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         pipeline = Pipeline(project, pipeline_name, state_dir)
@@ -99,8 +92,8 @@ def build_orchestration_sensor(
             if started:
                 context.log.info(f"{pipeline_name}: started {', '.join(started)} (start_after labels finished)")
             status = pipeline.state.status
-            if status != "STARTED":
-                return dg.SkipReason(f"pipeline {pipeline_name} is {status}, not STARTED: nothing to ingest")
+            if status != Status.STARTED:
+                return dg.SkipReason(f"pipeline {pipeline_name} is {status}, not {Status.STARTED}: nothing to ingest")
             if not pipeline.state.scheduling_enabled:
                 return dg.SkipReason(f"pipeline {pipeline_name}: scheduling is off")
             work = tables_with_work(pipeline)
@@ -109,12 +102,12 @@ def build_orchestration_sensor(
                     f"pipeline {pipeline_name}: no active connector has data left"
                     + (f" (started {', '.join(started)})" if started else "")
                 )
-            busy = _busy_tables(context, pipeline_name, keys, job_name)
+            busy = _busy_tables(context, pipeline_name, keys, asset_job.name)
             requests = [
                 dg.RunRequest(
                     run_key=work_key(pipeline, table, handles),
                     asset_selection=[keys[table]],
-                    tags={PIPELINE_TAG: pipeline_name, TABLE_TAG: table},
+                    tags=pipeline_tags(pipeline_name, table=table),
                 )
                 for table, handles in work.items()
                 if table not in busy

@@ -53,7 +53,7 @@ def test_a_defs_yaml_loads_the_same_definitions_as_the_python_api(tmp_path: Path
         with sandbox.load_component_and_build_defs(defs_path=folder) as (component, defs):
             assert isinstance(component, ConnectorsComponent)
             dg.Definitions.validate_loadable(defs)
-            assert (folder / "state" / "orders" / "pipeline.sqlite").is_file(), "state_dir is relative to defs.yaml"
+            assert defs.resources["orders__connectors"].state_dir == str(folder / "state"), "relative to defs.yaml"
             expected = build_definitions(folder / "connectors.yaml", state_dir=str(folder / "state"))
             assert names(defs) == names(expected)
             assert "orders__wizard_connect" in names(defs)["jobs"]

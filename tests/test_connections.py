@@ -14,6 +14,7 @@ from test_lifecycle import open_lifecycle as open_test_lifecycle
 from test_lifecycle import statuses
 
 from connector_core.lifecycle import Lifecycle
+from resources import KafkaResource, connection_resource, initialize
 
 SECRET = "pw-0f9e8d"
 
@@ -123,3 +124,19 @@ def test_update_warehouse_on_a_snowflake_sink(tmp_path: Path, good_connections: 
     assert life.pipeline.sink_settings()["warehouse"] == "OTHER_WH"
     assert life.state.status == "PAUSED"
     assert life.resume().ok, "the pipeline loads through the new warehouse after resume"
+
+
+def test_kafka_secrets_are_env_vars_read_when_the_resource_is_initialized(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = {"bootstrap.servers": "127.0.0.1:9092", "retries": 3, "sasl.password": {"env": "TEST_KAFKA_PASSWORD"}}
+    resource = connection_resource({"kind": "kafka", "config": settings})
+    assert isinstance(resource, KafkaResource)
+    assert resource.secrets == {"sasl.password": "TEST_KAFKA_PASSWORD"}, "only the variable's name is held"
+    monkeypatch.delenv("TEST_KAFKA_PASSWORD", raising=False)
+    with pytest.raises(RuntimeError, match="TEST_KAFKA_PASSWORD not set"):
+        initialize(resource)
+    monkeypatch.setenv("TEST_KAFKA_PASSWORD", SECRET)
+    assert initialize(resource).settings() == {
+        "bootstrap.servers": "127.0.0.1:9092",
+        "retries": "3",
+        "sasl.password": SECRET,
+    }

@@ -12,6 +12,7 @@ from dagster_helpers import opened_pipeline
 
 from connector_assets import build_definitions
 from connector_assets.jobs import ConnectorConfig, PrerequisitesConfig, RecoverConfig, RecoverTarget
+from connector_core.project import load_project
 
 PROJECT = """
 pipelines:
@@ -209,3 +210,19 @@ def test_in_code_hooks_reach_the_procedures(instance: dg.DagsterInstance, projec
     assert answer == {"response_code": "ROLLBACK_CODE", "message": "pause refused by a test hook"}
     assert description == "ROLLBACK_CODE: pause refused by a test hook"
     assert state(project_file)["status"] == "STARTED", "the status is put back"
+
+
+def test_a_state_database_that_cannot_be_opened_fails_the_job_with_the_response(
+    defs: dg.Definitions, instance: dg.DagsterInstance, project_file: Path
+) -> None:
+    database = load_project(project_file).resolve_state_dir() / "demo" / "pipeline.sqlite"
+    database.parent.mkdir(parents=True, exist_ok=True)
+    database.write_bytes(b"this is not an SQLite database\n" * 64)
+
+    result = run(defs, instance, "pause")
+    description, answer = failure(result)
+    assert answer["response_code"] == "INTERNAL_ERROR"
+    assert answer["message"].startswith("cannot open pipeline demo"), answer["message"]
+    assert description == f"INTERNAL_ERROR: {answer['message']}"
+    (node,) = result.job_def.graph.nodes
+    assert result.failure_data_for_node(node.name).error.cls_name == "Failure", "no unexpected error escapes"

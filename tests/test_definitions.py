@@ -7,11 +7,13 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
+import yaml
 
-from connector_assets import ConnectorsTranslator, TableProps, build_definitions
+from connector_assets import ConnectorsResource, ConnectorsTranslator, TableProps, build_definitions
 from connector_assets.translator import table_code_version
 from connector_core.project import load_project
 
@@ -68,6 +70,13 @@ def write(folder: Path, text: str, name: str = "connectors.yaml") -> Path:
     return path
 
 
+def with_connections(folder: Path, pipeline: str, **connections: dict[str, Any]) -> Path:
+    """A project file with one pipeline of these connections and one datagen table."""
+    table = {"connectors": [{"name": "a", "transport": {"name": "datagen"}}]}
+    spec = {"pipelines": {pipeline: {"connections": connections, "tables": {"t": table}}}}
+    return write(folder, yaml.safe_dump(spec, sort_keys=False))
+
+
 def op_def(defs: dg.Definitions, job_name: str) -> dg.OpDefinition:
     """The single op of a lifecycle job."""
     (node,) = defs.resolve_job_def(job_name).graph.nodes
@@ -90,7 +99,7 @@ def test_definitions_load_with_every_name_prefixed_by_its_pipeline(defs: dg.Defi
     expected = {f"{p}__{procedure}" for p in ("shop", "crm_eu") for procedure in [*PROCEDURES, "ingest"]}
     assert jobs == expected
     assert {s.name for s in defs.sensors} == {"shop__orchestration", "crm_eu__orchestration"}
-    assert set(defs.resources) == {"shop__sink", "crm_eu__sink"}
+    assert set(defs.resources) == {"shop__sink", "shop__connectors", "crm_eu__sink", "crm_eu__connectors"}
     assert set(defs.resolve_all_asset_keys()) == {
         dg.AssetKey(["shop", "price"]),
         dg.AssetKey(["shop", "vendor"]),
@@ -118,18 +127,46 @@ def test_two_definitions_of_different_projects_merge_without_clashes(defs: dg.De
     )
     merged = dg.Definitions.merge(defs, build_definitions(other))
     dg.Definitions.validate_loadable(merged)
-    assert {"shop__sink", "crm_eu__sink", "billing__sink"} == set(merged.resources)
+    assert {f"{p}__{r}" for p in ("shop", "crm_eu", "billing") for r in ("sink", "connectors")} == set(merged.resources)
     assert merged.resolve_job_def("billing__pause").name == "billing__pause"
 
 
 def test_only_connection_ops_require_resources(defs: dg.Definitions) -> None:
     connect = op_def(defs, "shop__wizard_connect")
     assert connect.name == "shop__wizard_connect_op"
-    assert connect.required_resource_keys == {"shop__sink"}
+    assert connect.required_resource_keys == {"shop__connectors"}
     assert op_def(defs, "shop__pause").required_resource_keys == set()
     tables = defs.get_assets_def(dg.AssetKey(["shop", "price"]))
     assert tables.node_def.name == "shop__tables"
-    assert "shop__sink" in tables.required_resource_keys
+    assert "shop__connectors" in tables.required_resource_keys
+
+
+def test_the_execution_resource_nests_the_connection_resources(tmp_path: Path) -> None:
+    project_file = with_connections(
+        tmp_path,
+        "pg",
+        main={"kind": "postgres", "dsn": {"env": "CONNECTORS_TEST_PG_DSN"}},
+        bus={"kind": "kafka", "config": {"bootstrap.servers": "127.0.0.1:9092", "sasl.password": {"env": "KAFKA_PW"}}},
+    )
+    defs = build_definitions(project_file)
+    dg.Definitions.validate_loadable(defs)
+    connectors = defs.resources["pg__connectors"]
+    assert isinstance(connectors, ConnectorsResource)
+    assert connectors.pipeline_name == "pg" and connectors.project_file == str(project_file)
+    assert connectors.connection_main is defs.resources["pg__main"], "the same object: one resource in the UI"
+    assert connectors.connection_bus is defs.resources["pg__bus"]
+    assert connectors.sink is defs.resources["pg__sink"]
+    assert op_def(defs, "pg__wizard_connect").required_resource_keys == {"pg__connectors"}
+
+
+def test_connection_names_that_give_taken_or_clashing_resource_keys_are_refused(tmp_path: Path) -> None:
+    postgres = {"kind": "postgres", "dsn": {"env": "PG_DSN"}}
+    clash = with_connections(tmp_path, "shop", **{"sink": postgres, "a-b": postgres, "a_b": postgres})
+    with pytest.raises(dg.DagsterInvalidDefinitionError) as caught:
+        build_definitions(clash)
+    message = str(caught.value)
+    assert "pipelines.shop.connections: names a-b, a_b give clashing Dagster resource keys" in message
+    assert "pipelines.shop.connections.sink: its Dagster resource key shop__sink is taken" in message
 
 
 def test_lifecycle_configs_are_typed_launchpad_forms(defs: dg.Definitions) -> None:

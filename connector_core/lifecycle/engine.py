@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import sqlite3
@@ -33,8 +34,9 @@ class Response:
         return self.response_code == ResponseCode.OK
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON object of the response (data keys merged in)."""
-        return {"response_code": self.response_code, "message": self.message, **self.data}
+        """The JSON object of the response (data keys merged in), in plain JSON types (the vocabulary's members
+        become their text)."""
+        return json.loads(json.dumps({"response_code": self.response_code, "message": self.message, **self.data}))
 
     @classmethod
     def from_hook(cls, answer: Any) -> Response | None:

@@ -1,0 +1,210 @@
+"""``ConnectorsResource``: the execution resource of one pipeline (the shape of dagster-dlt's ``DagsterDltResource``).
+
+An asset body built with ``@connector_assets`` runs ``yield from connectors.ingest(context)``; lifecycle ops reach
+the pipeline's connections through :meth:`ConnectorsResource.clients`. Its nested resources are the pipeline's
+connection and sink resources, so the UI shows which connections it uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import dagster as dg
+import pyarrow as pa
+from dagster_duckdb import DuckDBResource
+from pydantic import Field, create_model
+
+from connector_assets.translator import table_asset_keys
+from connector_core.ingest import IngestSession, TableReport
+from connector_core.pipeline import Pipeline
+from connector_core.project import Project, load_project
+from resources import PipelineResources, ResourceClients, build_pipeline_resources
+
+__all__ = ["ConnectorsResource", "connection_field", "materialization_metadata", "with_signature"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def connection_field(connection: str) -> str:
+    """The field of :class:`ConnectorsResource` holding a connection's resource: ``connection_<name>``."""
+    return f"connection_{connection}"
+
+
+class ConnectorsResource(dg.ConfigurableResource):
+    """Runs one pipeline of a connectors project file: ingests the tables an asset run selected, and hands the
+    pipeline's connections to lifecycle procedures. Build it with :meth:`for_pipeline`, which nests the
+    pipeline's sink and one ``connection_<name>`` resource per connection."""
+
+    project_file: str = Field(description="The connectors project file (connectors.yaml), read at run time.")
+    pipeline_name: str = Field(description="The pipeline of the project file this resource runs.")
+    state_dir: str = Field(description="The folder of the pipeline's state databases.")
+    sink: DuckDBResource | None = Field(
+        default=None, description="The DuckDB sink; None for a Snowflake sink (reached through its connection)."
+    )
+
+    @classmethod
+    def for_pipeline(
+        cls,
+        project: Project,
+        pipeline_name: str,
+        state_dir: str | os.PathLike[str] | None = None,
+        resources: PipelineResources | None = None,
+    ) -> ConnectorsResource:
+        """The resource of one pipeline of a loaded project file (``state_dir`` overrides the file's).
+
+        ``resources`` are its connection and sink resources (default: built from the project file and the
+        stored overrides); give the same objects to ``Definitions`` to show them as resources of their own.
+        """
+        if project.source_path is None:
+            raise ValueError("ConnectorsResource reads its project file at run time: load it with load_project(path)")
+        if resources is None:
+            pipeline = Pipeline(project, pipeline_name, state_dir)
+            try:
+                resources = build_pipeline_resources(pipeline)
+            finally:
+                pipeline.close()
+        nested = {connection_field(name): resource for name, resource in resources.connections.items()}
+        resource_cls = cls
+        if nested:  # one typed field per connection: Dagster nests only resources held in fields
+            fields: dict[str, Any] = {
+                connection_field(name): (type(resource), Field(description=f"The connection {name} of the pipeline."))
+                for name, resource in resources.connections.items()
+            }
+            resource_cls = create_model(
+                cls.__name__, __base__=cls, __module__=cls.__module__, __doc__=cls.__doc__, **fields
+            )
+        return resource_cls(
+            project_file=str(project.source_path),
+            pipeline_name=pipeline_name,
+            state_dir=str(project.resolve_state_dir(state_dir)),
+            sink=resources.sink,
+            **nested,
+        )
+
+    def open_pipeline(self) -> Pipeline:
+        """The pipeline, its project file read now (close it after use)."""
+        return Pipeline(load_project(self.project_file), self.pipeline_name, self.state_dir)
+
+    def clients(self, pipeline: Pipeline) -> ResourceClients:
+        """The clients ``connector_core`` reaches the pipeline's connections and sink through."""
+        connections = {}
+        for name in pipeline.spec.connections:
+            resource = getattr(self, connection_field(name), None)
+            if resource is None:
+                raise LookupError(
+                    f"ConnectorsResource of pipeline {self.pipeline_name} has no connection {name!r}; "
+                    "build it with ConnectorsResource.for_pipeline"
+                )
+            connections[name] = resource
+        return ResourceClients(pipeline, connections, self.sink)
+
+    def ingest(self, context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult | dg.AssetObservation]:
+        """One bounded batch from each active connector of each table the run selected, into the sink.
+
+        Yields a ``MaterializeResult`` per table that ingested, with ``dagster/row_count``,
+        ``dagster/table_name``, ``dagster/column_schema``, records, bytes, seconds, throughput, errors and
+        per-connector counts and stats; a table with no active connector yields an ``AssetObservation`` saying why
+        (``connectors/skipped_reason``) and a warning in the run log.
+        """
+        keys = table_asset_keys(context.assets_def, self.pipeline_name)
+        if not keys:
+            raise dg.DagsterInvariantViolationError(
+                f"assets {context.assets_def.node_def.name} hold no table of pipeline {self.pipeline_name}: "
+                "build them with @connector_assets for that pipeline"
+            )
+        pipeline = self.open_pipeline()
+        try:
+            with IngestSession(pipeline, self.clients(pipeline), log=context.log.info) as session:
+                for table, key in keys.items():
+                    if key in context.selected_asset_keys:
+                        yield self._ingest_table(
+                            context, pipeline, session, table, context.assets_def.specs_by_key[key]
+                        )
+        finally:
+            pipeline.close()
+
+    def _ingest_table(
+        self,
+        context: dg.AssetExecutionContext,
+        pipeline: Pipeline,
+        session: IngestSession,
+        table: str,
+        spec: dg.AssetSpec,
+    ) -> dg.MaterializeResult | dg.AssetObservation:
+        report = session.ingest_table(table)
+        if report.skipped_reason:
+            context.log.warning(f"{self.pipeline_name}.{table}: nothing ingested: {report.skipped_reason}")
+            return dg.AssetObservation(
+                asset_key=spec.key, metadata={"connectors/skipped_reason": report.skipped_reason}
+            )
+        sink_schema = None if "dagster/column_schema" in spec.metadata else session.sink.table_schema(table)
+        stats = {h.endpoint: pipeline.stats(h) for h in pipeline.connectors(table)}
+        context.log.info(
+            f"{self.pipeline_name}.{table}: {report.records} records in {report.seconds:.3f}s, "
+            f"{report.row_count} rows in the table"
+        )
+        metadata = {
+            **table_metadata(spec, report.row_count, sink_schema),
+            **materialization_metadata(report),
+            "connectors/stats": dg.MetadataValue.json(stats),
+        }
+        return dg.MaterializeResult(asset_key=spec.key, metadata=metadata)
+
+
+def table_metadata(spec: dg.AssetSpec, row_count: int, sink_schema: pa.Schema | None) -> dict[str, Any]:
+    """Dagster's standard table metadata of a materialization: ``dagster/row_count``, and the spec's
+    ``dagster/table_name`` and ``dagster/column_schema`` (else the sink table's columns, with Arrow types)."""
+    metadata: dict[str, Any] = {"dagster/row_count": dg.MetadataValue.int(row_count)}
+    for key in ("dagster/table_name", "dagster/column_schema"):
+        if key in spec.metadata:
+            metadata[key] = spec.metadata[key]
+    if "dagster/column_schema" not in metadata and sink_schema is not None:
+        columns = [dg.TableColumn(name=field.name, type=str(field.type)) for field in sink_schema]
+        metadata["dagster/column_schema"] = dg.TableSchema(columns=columns)
+    return metadata
+
+
+def materialization_metadata(report: TableReport) -> dict[str, Any]:
+    """Numeric metadata of one table's batch (plotted by the UI), totals first, then per connector."""
+    ran = [b for b in report.batches if b.skipped_reason is None]
+    records = sum(b.records for b in ran)
+    seconds = report.seconds
+    metadata: dict[str, Any] = {
+        "connectors/records": dg.MetadataValue.int(records),
+        "connectors/bytes": dg.MetadataValue.int(sum(b.bytes for b in ran)),
+        "connectors/seconds": dg.MetadataValue.float(round(seconds, 6)),
+        "connectors/records_per_second": dg.MetadataValue.float(round(records / seconds, 3) if seconds else 0.0),
+        "connectors/parse_errors": dg.MetadataValue.int(sum(b.parse_errors for b in ran)),
+        "connectors/transport_errors": dg.MetadataValue.int(sum(b.transport_errors for b in ran)),
+        "connectors/connectors": dg.MetadataValue.int(len(ran)),
+    }
+    for batch in report.batches:
+        prefix = f"connectors/{batch.endpoint}"
+        if batch.skipped_reason is not None:
+            metadata[f"{prefix}/skipped_reason"] = dg.MetadataValue.text(batch.skipped_reason)
+            continue
+        metadata[f"{prefix}/records"] = dg.MetadataValue.int(batch.records)
+        metadata[f"{prefix}/bytes"] = dg.MetadataValue.int(batch.bytes)
+        metadata[f"{prefix}/parse_errors"] = dg.MetadataValue.int(batch.parse_errors)
+        metadata[f"{prefix}/buffered_records"] = dg.MetadataValue.int(batch.buffered_records)
+        metadata[f"{prefix}/end_of_input"] = dg.MetadataValue.bool(batch.end_of_input)
+    metadata["connectors/batches"] = dg.MetadataValue.json([dataclasses.asdict(b) for b in report.batches])
+    return metadata
+
+
+def with_signature(body: F, **parameters: Any) -> F:
+    """``body(context, **kwargs)`` shown to Dagster with the typed parameters ``parameters`` (name -> type).
+
+    Dagster gives a resource to the parameter named by its key; these keys carry the pipeline name
+    (``{pipeline}__connectors``), so a factory names the parameter here. Dagster reads an explicit
+    ``__signature__`` for parameters and their types alike.
+    """
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    body.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(name, kind, annotation=annotation) for name, annotation in parameters.items()]
+    )
+    return body
