@@ -1,4 +1,12 @@
-"""Formats: bytes from a transport -> an Arrow table of the table's schema, plus parse errors.
+"""Formats: how a transport cuts bytes, and bytes -> an Arrow table of the table's schema, plus parse errors.
+
+The format owns every rule about its bytes:
+
+- its typed config (:class:`JsonFormatConfig`, :class:`CsvFormatConfig`, :class:`ParquetFormatConfig`; unknown
+  keys are refused naming the allowed ones), inside :class:`Format`, the project file's ``format: {name, config}``;
+- its :class:`Framing`, which the byte transports ask how they may cut the input (at newlines, whole objects, a
+  header line handed on, a JSON array found by its first byte: :func:`starts_json_array`);
+- :func:`json_route`, the one decision whether a sink's own JSON reader reads a batch.
 
 The fast path hands the whole input to one pyarrow reader (``pyarrow.json`` / ``pyarrow.csv`` /
 ``pyarrow.parquet``) with the sink table's schema as the explicit schema; records never become Python objects.
@@ -13,11 +21,12 @@ whole input, bisection included, and raises :class:`RecordError` for a record it
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -25,26 +34,16 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
-
-from connector_core.project import Format
-
-#: SQL column types of ``connectors.yaml`` -> Arrow types.
-SQL_TO_ARROW: dict[str, pa.DataType] = {
-    "BOOLEAN": pa.bool_(),
-    "TINYINT": pa.int8(),
-    "SMALLINT": pa.int16(),
-    "INTEGER": pa.int32(),
-    "INT": pa.int32(),
-    "BIGINT": pa.int64(),
-    "FLOAT": pa.float32(),
-    "REAL": pa.float32(),
-    "DOUBLE": pa.float64(),
-    "VARCHAR": pa.string(),
-    "TEXT": pa.string(),
-    "STRING": pa.string(),
-    "DATE": pa.date32(),
-    "TIMESTAMP": pa.timestamp("us"),
-}
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 #: Longest reason kept per bad record.
 MAX_REASON_CHARS = 300
@@ -52,15 +51,209 @@ _MIN_BLOCK = 1 << 20
 _MAX_BLOCK = 8 << 20
 
 
-def arrow_schema_for_columns(columns: dict[str, str]) -> pa.Schema:
-    """The Arrow schema of ``columns`` (column name -> SQL type of ``project.COLUMN_TYPES``)."""
-    fields = []
-    for name, sql_type in columns.items():
-        try:
-            fields.append(pa.field(name, SQL_TO_ARROW[sql_type.upper()]))
-        except KeyError:
-            raise ValueError(f"column {name!r} has unknown type {sql_type!r}") from None
-    return pa.schema(fields)
+# ------------------------------------------------------------------------------------------------ framing
+@dataclass(frozen=True)
+class Framing:
+    """How a transport may cut a format's bytes into pieces (it asks this, never the format's name)."""
+
+    #: One piece per file, object, body or program output (parquet, a declared JSON array).
+    whole_object: bool = False
+    #: Input whose first non-blank byte is ``[`` is one JSON array: read it whole (:func:`starts_json_array`).
+    may_be_json_array: bool = False
+    #: A piece from the middle of an object needs the object's first line (CSV with a header line).
+    header_line: bool = False
+    #: A newline inside one record may become a space without changing the record (JSON).
+    newlines_are_whitespace: bool = False
+
+
+#: Records cut at any newline (also the framing of connectors without a format).
+LINES = Framing()
+
+
+def starts_json_array(head: bytes | memoryview) -> bool | None:
+    """Whether input beginning with ``head`` is a JSON array (first non-blank byte ``[``); ``None`` while
+    ``head`` is blank."""
+    first = _first_byte(head)
+    return None if not first else first == b"["
+
+
+def _first_byte(data: bytes | memoryview) -> bytes:
+    """The first byte that is not white space (``b""`` when there is none), without copying all of ``data``."""
+    view = memoryview(data)
+    for start in range(0, len(view), 4096):
+        stripped = bytes(view[start : start + 4096]).lstrip()
+        if stripped:
+            return stripped[:1]
+    return b""
+
+
+# ---------------------------------------------------------------------------------------- format configs
+JsonReaderName = Literal["auto", "arrow"]
+#: Values of the json format's ``reader`` key.
+JSON_READERS: tuple[str, ...] = get_args(JsonReaderName)
+
+
+class FormatConfig(BaseModel):
+    """Base of the per-format config models: an unknown key is refused with the keys the format allows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: The format's name in the project file.
+    format_name: ClassVar[str]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(str(key) for key in set(data) - set(cls.model_fields))
+            if unknown:
+                raise ValueError(
+                    f"unknown {cls.format_name} format config key(s) {', '.join(unknown)}; "
+                    f"allowed: {', '.join(sorted(cls.model_fields)) or 'none'}"
+                )
+        return data
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Only the keys the project file set (defaults are the format's business, not the file's)."""
+        return {key: value for key, value in handler(self).items() if key in self.model_fields_set}
+
+    @property
+    def framing(self) -> Framing:
+        """How transports may cut input of this format."""
+        return LINES
+
+
+class JsonFormatConfig(FormatConfig):
+    """``json``: JSON lines, or one JSON array (``array: true``, or input whose first non-blank byte is ``[``)."""
+
+    format_name = "json"
+    array: bool = Field(default=False, description="The input is one JSON array (read whole), never JSON lines.")
+    reader: JsonReaderName = Field(
+        default="auto", description="auto: the sink's own JSON reader when it has one, else pyarrow's; arrow: pyarrow's"
+    )
+
+    @field_validator("reader", mode="before")
+    @classmethod
+    def _known_reader(cls, value: Any) -> Any:
+        if value not in JSON_READERS:
+            raise ValueError(
+                f"json format reader {value!r} is not one of {', '.join(JSON_READERS)} "
+                "(auto: the sink's own JSON reader when it has one, else pyarrow's; arrow: always pyarrow's)"
+            )
+        return value
+
+    @property
+    def framing(self) -> Framing:
+        """Lines unless declared an array; input starting with ``[`` is an array all the same."""
+        return Framing(whole_object=self.array, may_be_json_array=not self.array, newlines_are_whitespace=True)
+
+
+class CsvFormatConfig(FormatConfig):
+    """``csv``: one record per line, fields named by a header line (``header: false``: by the table's columns)."""
+
+    format_name = "csv"
+    header: bool = Field(default=True, description="The first line of each file or object names the fields.")
+    delimiter: str = Field(default=",", description="The field separator: one character.")
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_character(cls, value: str) -> str:
+        if len(value) != 1:
+            raise ValueError(f"csv delimiter must be one character, got {value!r}")
+        return value
+
+    @property
+    def framing(self) -> Framing:
+        """Lines; with a header, pieces after the first carry the object's first line."""
+        return Framing(header_line=self.header)
+
+
+class ParquetFormatConfig(FormatConfig):
+    """``parquet``: one Parquet file per file or object (no config keys)."""
+
+    format_name = "parquet"
+
+    @property
+    def framing(self) -> Framing:
+        """Whole objects only."""
+        return Framing(whole_object=True)
+
+
+#: Format name -> its config model.
+FORMAT_CONFIG_MODELS: dict[str, type[FormatConfig]] = {
+    model.format_name: model for model in (JsonFormatConfig, CsvFormatConfig, ParquetFormatConfig)
+}
+
+
+class Format(BaseModel):
+    """How bytes from a transport become records: ``format: {name, config}`` of a connector; ``config`` is
+    validated by the format's own model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["json", "csv", "parquet"]
+    config: JsonFormatConfig | CsvFormatConfig | ParquetFormatConfig = Field(
+        default_factory=dict, validate_default=True
+    )
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _config_of_the_format(cls, value: Any, info: ValidationInfo) -> Any:
+        model = FORMAT_CONFIG_MODELS.get(info.data.get("name", ""))
+        if model is None:  # the unknown name is the error to report
+            return ParquetFormatConfig()
+        return model.model_validate({} if value is None else value)
+
+    @property
+    def framing(self) -> Framing:
+        """How transports may cut input of this format."""
+        return self.config.framing
+
+
+def framing_of(fmt: Format | None) -> Framing:
+    """The framing of a connector's format (:data:`LINES` for a connector without one)."""
+    return LINES if fmt is None else fmt.framing
+
+
+def is_json_array(data: bytes | memoryview, fmt: Format) -> bool:
+    """Whether ``data`` in format ``fmt`` is one JSON array (rather than JSON lines)."""
+    config = fmt.config
+    return isinstance(config, JsonFormatConfig) and (config.array or starts_json_array(data) is True)
+
+
+class JsonRoute(enum.Enum):
+    """Who reads a batch of bytes."""
+
+    ARROW = "arrow"  #: pyarrow's readers (every format; JSON with ``reader: arrow`` or no sink reader)
+    SINK_PARSES = "sink parses"  #: the sink's JSON reader parses the records into Arrow (processors, arrays)
+    SINK_LOADS = "sink loads"  #: the sink loads the JSON lines itself in one pass, with the mark (fast path)
+
+
+def json_route(
+    fmt: Format | None,
+    data: bytes | memoryview | pa.Table | None,
+    *,
+    sink_reads_json: bool,
+    table_exists: bool,
+    has_processors: bool,
+) -> JsonRoute:
+    """Whether a sink's own JSON reader may read this batch, and how: JSON with ``reader: auto`` into a table
+    whose schema is known (else pyarrow reads it, inferring types); the sink loads the bytes itself only when they
+    are JSON lines (not an array) and no processor needs the records first."""
+    if (
+        fmt is None
+        or not isinstance(fmt.config, JsonFormatConfig)
+        or fmt.config.reader != "auto"
+        or not sink_reads_json
+        or not table_exists
+        or not isinstance(data, bytes | memoryview)
+        or not data
+    ):
+        return JsonRoute.ARROW
+    if has_processors or is_json_array(data, fmt):
+        return JsonRoute.SINK_PARSES
+    return JsonRoute.SINK_LOADS
 
 
 @dataclass
@@ -96,18 +289,12 @@ def parse(
     records are errors is then that reader's decision. ``header``: the first line of the CSV object a piece
     from its middle (``starts_object`` false) belongs to; its fields are then named by it, as at the start.
     """
-    if fmt.name == "parquet":
-        return _parse_parquet(data, schema)
-    if fmt.name == "csv":
-        return _parse_csv(data, fmt.config, schema, starts_object, header)
-    if fmt.name == "json":
-        return _parse_json(data, fmt.config, schema, json_reader)
-    raise ValueError(f"unknown format {fmt.name!r}; use json, csv or parquet")
-
-
-def is_json_array(data: bytes | memoryview, fmt: Format) -> bool:
-    """Whether ``data`` in JSON format ``fmt`` is a JSON array (rather than JSON lines)."""
-    return bool(fmt.config.get("array")) or _first_byte(data) == b"["
+    config = fmt.config
+    if isinstance(config, CsvFormatConfig):
+        return _parse_csv(data, config, schema, starts_object, header)
+    if isinstance(config, JsonFormatConfig):
+        return _parse_json(data, config, schema, json_reader)
+    return _parse_parquet(data, schema)
 
 
 def empty_table(schema: pa.Schema | None) -> pa.Table:
@@ -327,24 +514,14 @@ def _json_reader(table_schema: pa.Schema | None) -> Reader:
     return read
 
 
-def _first_byte(data: bytes | memoryview) -> bytes:
-    """The first byte that is not white space (``b""`` when there is none), without copying all of ``data``."""
-    view = memoryview(data)
-    for start in range(0, len(view), 4096):
-        stripped = bytes(view[start : start + 4096]).lstrip()
-        if stripped:
-            return stripped[:1]
-    return b""
-
-
 def _parse_json(
-    data: bytes | memoryview, config: dict[str, Any], schema: pa.Schema | None, reader: Reader | None
+    data: bytes | memoryview, config: JsonFormatConfig, schema: pa.Schema | None, reader: Reader | None
 ) -> ParsedBatch:
-    first = _first_byte(data)
-    if not first:
+    is_array = starts_json_array(data)
+    if is_array is None:
         return ParsedBatch(empty_table(schema))
     read = reader or _json_reader(schema)
-    if not (config.get("array") or first == b"["):
+    if not (config.array or is_array):
         return _parse_records(pa.py_buffer(data), read, schema)
     lines, element_of_line, errors = _json_array_as_lines(bytes(data))
     parsed = _parse_records(pa.py_buffer(lines), read, schema)
@@ -401,16 +578,14 @@ def _scan_broken_array(text: str) -> tuple[bytes, np.ndarray, list[tuple[int, st
 # ---------------------------------------------------------------------------------------------------- csv
 def _parse_csv(
     data: bytes | memoryview,
-    config: dict[str, Any],
+    config: CsvFormatConfig,
     schema: pa.Schema | None,
     starts_object: bool,
     header: bytes | None,
 ) -> ParsedBatch:
     data = bytes(data)
-    delimiter = str(config.get("delimiter", ","))
-    if len(delimiter) != 1:
-        raise ValueError(f"csv delimiter must be one character, got {delimiter!r}")
-    has_header = bool(config.get("header", True))
+    delimiter = config.delimiter
+    has_header = config.header
     buffer = pa.py_buffer(data)
     body_from = 0
     names: list[str] | None = list(schema.names) if schema is not None else None

@@ -44,7 +44,7 @@ from typing import Any
 import pyarrow as pa
 
 from connector_core.clients import ConnectionClients
-from connector_core.formats import ParsedBatch, conform, empty_table, is_json_array, parse
+from connector_core.formats import JsonRoute, ParsedBatch, conform, empty_table, json_route, parse
 from connector_core.pipeline import ConnectorHandle, Pipeline
 from connector_core.project import Format, Processor
 from connector_core.sinks import JsonReadingSink, Sink, SinkMark, open_sink
@@ -71,6 +71,7 @@ class BatchReport:
     seconds: float = 0.0
     skipped_reason: str | None = None
     error: str | None = None  #: the transport or processor error that stopped this batch
+    fatal_error: str | None = None  #: set when this failure was one too many: the connector is given up
 
 
 @dataclass
@@ -168,13 +169,29 @@ def load_processor(processor: Processor, pipeline: Pipeline) -> TableStep:
     return run_command
 
 
-class IngestSession:
-    """Open transports and the sink of one pipeline; reused across batches of one run."""
+#: Failed reads in a row after which a connector is given up (its fatal error) until it is started again.
+MAX_CONSECUTIVE_FAILURES = 3
 
-    def __init__(self, pipeline: Pipeline, clients: ConnectionClients, log: Callable[[str], None] = print):
+
+class IngestSession:
+    """Open transports and the sink of one pipeline; reused across batches of one run.
+
+    A batch that fails (transport, processor) is counted in the connector's state; the
+    ``max_consecutive_failures``-th failure in a row gives the connector up (its fatal error), so Dagster runs and
+    ``connectors run`` share the rule and the sensor stops requesting runs for it.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        clients: ConnectionClients,
+        log: Callable[[str], None] = print,
+        max_consecutive_failures: int = MAX_CONSECUTIVE_FAILURES,
+    ):
         self.pipeline = pipeline
         self.clients = clients
         self.log = log
+        self.max_consecutive_failures = max_consecutive_failures
         self._sink: Sink | None = None
         self._readers: dict[str, TransportReader] = {}
         self._processors: dict[str, list[TableStep]] = {}
@@ -189,27 +206,25 @@ class IngestSession:
 
     # ----------------------------------------------------------------------------------------------- batch
     def ingest_batch(self, handle: ConnectorHandle) -> BatchReport:
-        """Ingest one bounded batch of one connector (it must be active; else a skipped report)."""
+        """Ingest one bounded batch of one connector; a skipped report says why when it may not ingest
+        (:meth:`Pipeline.idle_reason`)."""
         started = time.monotonic()
-        report = BatchReport(endpoint=handle.endpoint, connector_id=handle.connector_id)
-        if not self.pipeline.is_active(handle):
-            report.skipped_reason = self._inactive_reason(handle)
+        report = BatchReport(endpoint=handle.endpoint, connector_id=str(handle.connector_id))
+        report.skipped_reason = self.pipeline.idle_reason(handle)
+        if report.skipped_reason is not None:
             return report
+        self.pipeline.ensure_created()
+        report.connector_id = str(handle.connector_id)
         try:
             self._ingest(handle, report)
         except (TransportError, ProcessorError) as exc:
-            self._drop_reader(handle.connector_id)
-            handle.state.record_transport_error(str(exc))
+            self._drop_reader(str(handle.connector_id))
             report.transport_errors += 1
             report.error = str(exc)
+            report.fatal_error = handle.state.record_failed_read(str(exc), self.max_consecutive_failures)
             self.log(f"{handle.endpoint}: {exc}")
         report.seconds = time.monotonic() - started
         return report
-
-    def _inactive_reason(self, handle: ConnectorHandle) -> str:
-        if not self.pipeline.is_started():
-            return f"pipeline {self.pipeline.name} is {self.pipeline.state.status}, not STARTED"
-        return f"connector {handle.endpoint} is Paused"
 
     def _ingest(self, handle: ConnectorHandle, report: BatchReport) -> None:
         mark = self.sink.mark(handle.connector_id)
@@ -242,10 +257,11 @@ class IngestSession:
                 total_bytes=base.total_bytes + nbytes,
             )
 
-        records = self._load_json_lines(handle, result.data, mark_for)
+        route = self._json_route(handle, result.data)
+        records = self._load_json_lines(handle, result.data, mark_for) if route is JsonRoute.SINK_LOADS else None
         errors: list[tuple[int, str]] = []
         if records is None:
-            parsed = self._records(handle, result)
+            parsed = self._records(handle, result, route)
             rows, errors = parsed.table, parsed.errors
             if isinstance(result.data, pa.Table) and not nbytes:
                 nbytes = rows.nbytes
@@ -271,23 +287,23 @@ class IngestSession:
     def _load_json_lines(
         self, handle: ConnectorHandle, data: bytes | memoryview | pa.Table | None, mark_for: Callable[[int], SinkMark]
     ) -> int | None:
-        """Hand JSON lines straight to a sink that reads JSON itself (one pass, no Arrow step); the records
-        loaded, or ``None`` when this batch takes the Arrow path (other format, processors, no table yet, or a
-        record the sink rejected)."""
-        fmt = handle.spec.format
+        """Hand JSON lines straight to the sink that reads JSON itself (route :attr:`JsonRoute.SINK_LOADS`: one
+        pass, no Arrow step); the records loaded, or ``None`` when the sink rejected a record (the batch then takes
+        the Arrow path)."""
         json_sink = self._json_sink()
-        if (
-            json_sink is None
-            or isinstance(data, pa.Table)
-            or not data
-            or fmt is None
-            or not fmt.sink_reader_allowed
-            or is_json_array(data, fmt)
-            or handle.spec.processors
-            or self._table_schema(handle.table) is None
-        ):
-            return None
+        assert json_sink is not None and isinstance(data, bytes | memoryview)
         return json_sink.write_json_lines(handle.table, data, mark_for)
+
+    def _json_route(self, handle: ConnectorHandle, data: bytes | memoryview | pa.Table | None) -> JsonRoute:
+        """Who reads this batch (:func:`connector_core.formats.json_route`); creates the table from its
+        ``columns`` when it does not exist yet."""
+        return json_route(
+            handle.spec.format,
+            data,
+            sink_reads_json=self._json_sink() is not None,
+            table_exists=self._table_schema(handle.table) is not None,
+            has_processors=bool(handle.spec.processors),
+        )
 
     def _json_sink(self) -> JsonReadingSink | None:
         """The sink when it reads JSON itself here, else ``None``."""
@@ -318,8 +334,9 @@ class IngestSession:
         )
         return truth
 
-    def _records(self, handle: ConnectorHandle, result: ReadResult) -> ParsedBatch:
-        """Parse, process and cast one piece of input to the sink table (creating the table when needed)."""
+    def _records(self, handle: ConnectorHandle, result: ReadResult, route: JsonRoute) -> ParsedBatch:
+        """Parse (with the sink's JSON reader unless ``route`` is :attr:`JsonRoute.ARROW`), process and cast one
+        piece of input to the sink table (creating the table when needed)."""
         table = handle.table
         data = result.data
         schema = self._table_schema(table)
@@ -329,7 +346,7 @@ class IngestSession:
             fmt = handle.spec.format
             if fmt is None:
                 raise TransportError(f"{handle.endpoint}: the transport returned bytes but no format is set")
-            json_sink = self._json_sink() if fmt.sink_reader_allowed and schema is not None else None
+            json_sink = self._json_sink() if route is not JsonRoute.ARROW else None
             json_reader = json_sink.json_reader(table) if json_sink is not None else None
             parsed = parse(data, fmt, schema, result.starts_object, json_reader, result.header)
         else:
@@ -408,23 +425,12 @@ class IngestSession:
                 f"no table {table!r} in pipeline {self.pipeline.name}; tables: {', '.join(self.pipeline.spec.tables)}"
             )
         report = TableReport(table=table)
-        if not self.pipeline.is_started():
-            report.skipped_reason = (
-                f"pipeline {self.pipeline.name} is {self.pipeline.state.status}, not STARTED; nothing is ingested"
-            )
-        else:
-            paused, finished, ready = [], [], []
-            for handle in self.pipeline.connectors(table):
-                if not handle.state.running:
-                    paused.append(handle.endpoint)
-                elif handle.state.metrics().finished:
-                    finished.append(handle.endpoint)
-                else:
-                    ready.append(handle)
-            for handle in ready:
+        reasons = {handle.endpoint: self.pipeline.idle_reason(handle) for handle in self.pipeline.connectors(table)}
+        for handle in self.pipeline.connectors(table):
+            if reasons[handle.endpoint] is None:
                 report.batches.append(self.ingest_batch(handle))
-            if not ready:
-                report.skipped_reason = _nothing_to_ingest(table, paused, finished)
+        if not report.batches:
+            report.skipped_reason = _nothing_to_ingest(self.pipeline, table, reasons)
         report.row_count = self._row_count(table)
         report.seconds = time.monotonic() - started
         return report
@@ -452,9 +458,11 @@ class IngestSession:
         self.close()
 
 
-def _nothing_to_ingest(table: str, paused: list[str], finished: list[str]) -> str:
-    if paused and not finished:
+def _nothing_to_ingest(pipeline: Pipeline, table: str, reasons: dict[str, str | None]) -> str:
+    """Why no connector of ``table`` may ingest: the pipeline's status, or each connector's reason."""
+    if not pipeline.is_started():
+        return f"pipeline {pipeline.name} is {pipeline.state.status}, not STARTED; nothing is ingested"
+    paused = [h.endpoint for h in pipeline.connectors(table) if not h.state.running]
+    if len(paused) == len(reasons):
         return f"every connector of table {table} is paused ({', '.join(paused)})"
-    if finished and not paused:
-        return f"every connector of table {table} has finished (end of input): {', '.join(finished)}"
-    return f"no connector of table {table} has data left: paused {', '.join(paused)}; finished {', '.join(finished)}"
+    return f"no connector of table {table} may ingest: " + "; ".join(r for r in reasons.values() if r)

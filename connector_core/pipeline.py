@@ -96,12 +96,26 @@ class Pipeline:
 
     def connectors(self, table: str | None = None) -> list[ConnectorHandle]:
         """Every connector (of one table), in file order."""
-        return [h for h in self._connectors.values() if table is None or h.table == table]
+        handles = [h for h in self._connectors.values() if table is None or h.table == table]
+        for handle in handles:
+            self._catch_up(handle)
+        return handles
 
     def connector(self, table: str, name: str) -> ConnectorHandle:
         """The connector ``table.name``; a :class:`LookupError` names what exists otherwise."""
         self.spec.connector(table, name)
-        return self._connectors[(table, name)]
+        return self._catch_up(self._connectors[(table, name)])
+
+    def _catch_up(self, handle: ConnectorHandle) -> ConnectorHandle:
+        """A connector that had no database when this pipeline was opened: open it if another process (a
+        procedure, an ingestion run) has created it since."""
+        if handle.connector_id is None and self.state.open_if_created():
+            handle.connector_id = self.state.connector_id(handle.table, handle.spec.name)
+            if handle.connector_id is not None:
+                handle.state = self.store.connector(
+                    self.name, handle.connector_id, create=False, starts_paused=handle.starts_paused
+                )
+        return handle
 
     def is_started(self) -> bool:
         """Whether the pipeline's status lets connectors ingest."""

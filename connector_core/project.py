@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from connector_core.column_types import COLUMN_TYPES
+from connector_core.formats import Format
 from connector_core.secrets import ENV_NAME, EnvSecret, literal_secret_keys, refusal
 from connector_core.transports.configs import TRANSPORT_CONFIG_MODELS, TransportName
 
@@ -180,38 +182,6 @@ class Backup(Strict):
     max_age_hours: float = Field(default=24, gt=0)
 
 
-#: Values of the json format's ``reader`` key.
-JSON_READERS = ("auto", "arrow")
-
-
-class Format(Strict):
-    """How bytes from a transport become records."""
-
-    name: Literal["json", "csv", "parquet"]
-    config: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _known_keys(self) -> Format:
-        allowed = {"json": {"array", "reader"}, "csv": {"header", "delimiter"}, "parquet": set()}[self.name]
-        unknown = sorted(set(self.config) - allowed)
-        if unknown:
-            raise ValueError(
-                f"unknown {self.name} format config key(s) {', '.join(unknown)}; "
-                f"allowed: {', '.join(sorted(allowed)) or 'none'}"
-            )
-        if self.config.get("reader", "auto") not in JSON_READERS:
-            raise ValueError(
-                f"json format reader {self.config['reader']!r} is not one of {', '.join(JSON_READERS)} "
-                "(auto: the sink's own JSON reader when it has one, else pyarrow's; arrow: always pyarrow's)"
-            )
-        return self
-
-    @property
-    def sink_reader_allowed(self) -> bool:
-        """Whether JSON may be read by the sink's own reader (``reader: auto``, the default)."""
-        return self.name == "json" and self.config.get("reader", "auto") == "auto"
-
-
 class Transport(Strict):
     """The transport of a connector: its name and its config (validated by the transport's own model)."""
 
@@ -286,24 +256,6 @@ class ConnectorSpec(Strict):
     def starts_paused(self) -> bool:
         """A connector created paused, or waiting for ``start_after``, starts ``Paused``."""
         return self.paused or bool(self.start_after)
-
-
-COLUMN_TYPES = {
-    "BOOLEAN",
-    "TINYINT",
-    "SMALLINT",
-    "INTEGER",
-    "INT",
-    "BIGINT",
-    "FLOAT",
-    "REAL",
-    "DOUBLE",
-    "VARCHAR",
-    "TEXT",
-    "STRING",
-    "DATE",
-    "TIMESTAMP",
-}
 
 
 class TableSpec(Strict):

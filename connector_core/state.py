@@ -130,6 +130,12 @@ class StateDB:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._open()
 
+    def open_if_created(self) -> bool:
+        """Open the file when another process created it since; whether the database exists now."""
+        if self._conn is None and self.path is not None and self.path.exists():
+            self._open()
+        return self.exists
+
     def _open(self) -> None:
         assert self.path is not None
         uri = f"file:{self.path}?mode=ro" if self.read_only else f"file:{self.path}"
@@ -193,8 +199,9 @@ class StateDB:
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Rows of a read-only statement (none while the database does not exist)."""
-        if self._conn is None:
+        if not self.open_if_created():
             return []
+        assert self._conn is not None
         return self._conn.execute(sql, params).fetchall()
 
     def writable(self) -> bool:
@@ -277,7 +284,7 @@ class PipelineState(StateDB):
     # -- app_state
     def get(self, key: str) -> str | None:
         """One value of ``app_state`` (the initial value while the database does not exist)."""
-        if not self.exists:
+        if not self.open_if_created():
             return self.INITIAL.get(key)
         rows = self.query("SELECT value FROM app_state WHERE key = ?", (key,))
         return rows[0]["value"] if rows else None

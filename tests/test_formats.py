@@ -12,12 +12,12 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 import pytest
 
-from connector_core.formats import arrow_schema_for_columns, conform, parse
-from connector_core.project import Format
+from connector_core.column_types import arrow_schema
+from connector_core.formats import Format, conform, parse
 
 JSON = Format(name="json")
 CSV = Format(name="csv")
-SCHEMA = arrow_schema_for_columns({"id": "BIGINT", "name": "VARCHAR", "price": "DOUBLE", "day": "DATE"})
+SCHEMA = arrow_schema({"id": "BIGINT", "name": "VARCHAR", "price": "DOUBLE", "day": "DATE"})
 
 
 def json_lines(records: list[object]) -> bytes:
@@ -25,7 +25,7 @@ def json_lines(records: list[object]) -> bytes:
 
 
 def test_arrow_schema_maps_every_sql_type() -> None:
-    schema = arrow_schema_for_columns(
+    schema = arrow_schema(
         {
             "b": "BOOLEAN",
             "t": "TINYINT",
@@ -60,7 +60,7 @@ def test_arrow_schema_maps_every_sql_type() -> None:
         pa.timestamp("us"),
     ]
     with pytest.raises(ValueError, match="'blob'"):
-        arrow_schema_for_columns({"c": "blob"})
+        arrow_schema({"c": "blob"})
 
 
 def test_json_lines_are_cast_to_the_table_schema() -> None:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import duckdb
@@ -14,9 +15,10 @@ import pytest
 from clients_for_tests import keeps_only_the_first_batch
 from dagster_duckdb import DuckDBResource
 
-from connector_core.formats import arrow_schema_for_columns, parse
-from connector_core.project import Format
-from connector_core.sinks import SinkError, SinkMark
+from connector_core.column_types import arrow_schema
+from connector_core.formats import Format, parse
+from connector_core.project import parse_project
+from connector_core.sinks import SinkError, SinkMark, prepare_tables
 from connector_core.sinks import duckdb as duckdb_sink
 from connector_core.sinks.duckdb import SCRATCH_DIRS, SCRATCH_PREFIX, DuckDBSink, sweep_scratch_files
 
@@ -38,7 +40,7 @@ def sink(resource: DuckDBResource) -> DuckDBSink:
 def rows(ids: list[int]) -> pa.Table:
     return pa.table(
         {"id": ids, "Name With Space": [f"n{i}" for i in ids], "price": [i / 2 for i in ids]},
-        schema=arrow_schema_for_columns(COLUMNS),
+        schema=arrow_schema(COLUMNS),
     )
 
 
@@ -46,7 +48,7 @@ def test_tables_are_created_from_columns_or_from_an_inferred_schema(sink: DuckDB
     sink.check()
     assert sink.table_schema("Price Table") is None
     schema = sink.ensure_table("Price Table", COLUMNS, None)
-    assert schema == arrow_schema_for_columns(COLUMNS)
+    assert schema == arrow_schema(COLUMNS)
     assert sink.ensure_table("Price Table", {"other": "INTEGER"}, None) == schema  # existing table kept
 
     inferred = pa.schema([("a", pa.int32()), ("b", pa.string()), ("c", pa.timestamp("us")), ("d", pa.bool_())])
@@ -95,6 +97,35 @@ def test_data_is_durable_after_close_and_visible_to_other_connections(resource: 
     with duckdb.connect(resource.database, read_only=True) as conn:
         assert conn.execute('SELECT count(*), sum(id) FROM main."t"').fetchall() == [(1000, 499500)]
         assert conn.execute("SELECT position, batch_seq FROM main._connector_positions").fetchall() == [("1000", 1)]
+
+
+def test_drop_table_and_prepare_tables_reports_only_the_tables_it_created(sink: DuckDBSink) -> None:
+    pipeline = SimpleNamespace(
+        spec=parse_project(
+            {
+                "pipelines": {
+                    "p": {
+                        "tables": {
+                            name: {"columns": COLUMNS, "connectors": [{"name": "g", "transport": {"name": "datagen"}}]}
+                            for name in ("old", "new")
+                        }
+                    }
+                }
+            }
+        ).pipelines["p"]
+    )
+    sink.ensure_table("old", COLUMNS, None)
+    assert prepare_tables(sink, pipeline) == ["new"]  # type: ignore[arg-type]
+    assert prepare_tables(sink, pipeline) == []  # type: ignore[arg-type]
+
+    sink.write("new", rows([1, 2]), SinkMark("c1", 2, 1, 2, 20))
+    assert sink.json_reader("new") is not None  # the reader's column list of the table is cached ...
+    sink.drop_table("new")
+    assert sink.table_schema("new") is None and sink.row_count("new") == 0
+    sink.drop_table("new")  # gone already: nothing to do
+    sink.ensure_table("new", {"other": "VARCHAR"}, None)  # ... and forgotten with the table
+    assert sink.write_json_lines("new", b'{"other": "x"}\n', lambda n: SinkMark("c2", 1, 1, n, 1)) == 1
+    assert sink.read_table("new")["other"].tolist() == ["x"]
 
 
 def test_an_unreachable_database_is_a_sink_error(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from clients_for_tests import keeps_only_the_first_batch, run_to_end
 from dagster_snowflake import SnowflakeResource
 from fixtures_services import SNOWFLAKE_DATABASE as DATABASE
 
-from connector_core.formats import arrow_schema_for_columns
+from connector_core.column_types import arrow_schema
 from connector_core.ingest import IngestSession
 from connector_core.pipeline import Pipeline
 from connector_core.project import parse_project
@@ -59,7 +59,7 @@ def rows(ids: list[int]) -> pa.Table:
             "at": [dt.datetime(2024, 1, 1, 12, 0, i % 60) for i in ids],
             "ok": [i % 2 == 0 for i in ids],
         },
-        schema=arrow_schema_for_columns(COLUMNS),
+        schema=arrow_schema(COLUMNS),
     )
 
 
@@ -160,8 +160,18 @@ def test_open_sink_and_prepare_tables_for_a_snowflake_pipeline(
     assert prepare_tables(sink, pipeline) == ["price"]
     assert sink.table_schema("price") == pa.schema([("part", pa.int64()), ("price", pa.int64())])
     assert sink.table_schema("free") is None
+    assert prepare_tables(sink, pipeline) == []  # only what it really created: nothing the second time
     assert clients.asked_for and set(clients.asked_for) == {"snow"}
     pipeline.close()
+
+
+def test_drop_table_drops_a_table_once(sink: SnowflakeSink) -> None:
+    sink.ensure_table("price", COLUMNS, None)
+    sink.write("price", rows([1]), SinkMark("c1", 1, 1, 1, 10))
+    sink.drop_table("price")
+    assert sink.table_schema("price") is None and sink.row_count("price") == 0
+    sink.drop_table("price")  # gone already: nothing to do
+    assert sink.mark("c1") == SinkMark("c1", 1, 1, 1, 10)  # the marks stay
 
 
 def test_ingesting_json_files_into_snowflake_counts_bad_records_and_resumes_exactly(

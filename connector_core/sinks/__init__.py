@@ -1,4 +1,8 @@
-"""Sinks: where tables land. Rows and the source position they came from commit in one transaction."""
+"""Sinks: where tables land. Rows and the source position they came from commit in one transaction.
+
+``base``: the :class:`Sink` protocol; ``marks``: the exactly-once mark protocol both databases share; ``duckdb`` and
+``snowflake``: the sinks.
+"""
 
 from __future__ import annotations
 
@@ -39,10 +43,11 @@ def open_sink(pipeline: Pipeline, clients: ConnectionClients, hold_connection: b
 
 
 def prepare_tables(sink: Sink, pipeline: Pipeline) -> list[str]:
-    """Create every table of ``pipeline`` that declares ``columns``; return their names."""
+    """Create every table of ``pipeline`` that declares ``columns`` and does not exist yet; return the names of
+    the tables created here (those a rolled-back step may :meth:`~Sink.drop_table` again)."""
     created = []
     for name, table in pipeline.spec.tables.items():
-        if table.columns:
+        if table.columns and sink.table_schema(name) is None:
             sink.ensure_table(name, table.columns, None)
             created.append(name)
     return created

@@ -8,6 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 
+from connector_core.column_types import Database
 from connector_core.formats import Reader
 
 
@@ -18,6 +19,18 @@ def quote(identifier: str) -> str:
 
 class SinkError(RuntimeError):
     """A sink that cannot be reached or written."""
+
+
+def column_definitions(
+    table: str, columns: dict[str, str] | None, inferred: pa.Schema | None, database: Database
+) -> str:
+    """The column list of ``CREATE TABLE table`` in ``database``'s types: from ``columns`` (SQL types of the
+    project file), else from an inferred Arrow schema; :class:`SinkError` when there is neither."""
+    if columns:
+        return ", ".join(f"{quote(name)} {database.declared_type(sql_type)}" for name, sql_type in columns.items())
+    if inferred is not None and len(inferred):
+        return ", ".join(f"{quote(f.name)} {database.inferred_type(f.type)}" for f in inferred)
+    raise SinkError(f"cannot create table {table!r}: no columns given and none inferred")
 
 
 @dataclass
@@ -51,6 +64,10 @@ class Sink(Protocol):
 
     def ensure_table(self, table: str, columns: dict[str, str] | None, inferred: pa.Schema | None) -> pa.Schema:
         """Create the table from ``columns`` (SQL types) or else from an inferred schema; return its schema."""
+        ...
+
+    def drop_table(self, table: str) -> None:
+        """Drop the table if it exists (e.g. one that a rolled-back step created)."""
         ...
 
     def mark(self, connector_id: str) -> SinkMark | None:

@@ -3,13 +3,14 @@
 
 Rows go in as Arrow (the table is registered with DuckDB and inserted with ``INSERT ... BY NAME SELECT``) or, for
 JSON lines, as bytes that DuckDB's own ``read_json`` parses and inserts in one pass (:meth:`DuckDBSink.write_json_lines`);
-either way the connector's :class:`SinkMark` is upserted into ``_connector_positions`` in the same DuckDB transaction.
+either way the connector's :class:`SinkMark` is stored in ``_connector_positions`` in the same DuckDB transaction, by
+the mark protocol of :mod:`connector_core.sinks.marks` (:data:`MARK_DIALECT`: DuckDB's words for it). Column types
+come from :mod:`connector_core.column_types`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import tempfile
@@ -22,31 +23,17 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from connector_core.column_types import DUCKDB
 from connector_core.formats import Reader, RecordError
-from connector_core.sinks.base import SinkError, SinkMark, quote
-
-POSITIONS_TABLE = "_connector_positions"
+from connector_core.sinks.base import SinkError, SinkMark, column_definitions, quote
+from connector_core.sinks.marks import POSITIONS_TABLE, MarkDialect, MarkTable
 
 ConnectionFactory = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 
-
-def duckdb_type(data_type: pa.DataType) -> str:
-    """The DuckDB column type for an inferred Arrow type (nested and unknown types become VARCHAR)."""
-    if pa.types.is_boolean(data_type):
-        return "BOOLEAN"
-    if pa.types.is_integer(data_type):
-        return {8: "TINYINT", 16: "SMALLINT", 32: "INTEGER", 64: "BIGINT"}[data_type.bit_width]
-    if pa.types.is_float32(data_type) or pa.types.is_float16(data_type):
-        return "FLOAT"
-    if pa.types.is_floating(data_type):
-        return "DOUBLE"
-    if pa.types.is_date(data_type):
-        return "DATE"
-    if pa.types.is_timestamp(data_type):
-        return "TIMESTAMPTZ" if data_type.tz else "TIMESTAMP"
-    if pa.types.is_decimal(data_type):
-        return f"DECIMAL({data_type.precision}, {data_type.scale})"
-    return "VARCHAR"
+#: The mark statements in DuckDB's words (an ``UPDATE`` answers the rows it changed).
+MARK_DIALECT = MarkDialect(
+    "?", "VARCHAR", "BIGINT", timestamp_type="TIMESTAMPTZ", now="now()", updated_rows=lambda conn: conn.fetchall()[0][0]
+)
 
 
 class DuckDBSink:
@@ -76,6 +63,7 @@ class DuckDBSink:
         self.preserve_insertion_order = preserve_insertion_order
         self._held: AbstractContextManager[duckdb.DuckDBPyConnection] | None = None
         self._held_connection: duckdb.DuckDBPyConnection | None = None
+        self._marks_table = MarkTable(self._name(POSITIONS_TABLE), MARK_DIALECT)
         self._positions_ready = False
         #: Marks this sink committed while it holds the file (DuckDB lets one process write it): no re-read.
         self._marks: dict[str, SinkMark] = {}
@@ -131,21 +119,25 @@ class DuckDBSink:
 
     def ensure_table(self, table: str, columns: dict[str, str] | None, inferred: pa.Schema | None) -> pa.Schema:
         """Create ``table`` from ``columns`` (SQL types) or else from ``inferred``; return its schema."""
-        if columns:
-            definitions = [f"{quote(name)} {sql_type}" for name, sql_type in columns.items()]
-        elif inferred is not None and len(inferred):
-            definitions = [f"{quote(f.name)} {duckdb_type(f.type)}" for f in inferred]
-        else:
-            raise SinkError(f"cannot create table {table!r}: no columns given and none inferred")
+        definitions = column_definitions(table, columns, inferred, DUCKDB)
         try:
             with self.connect() as conn:
                 conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)}")
-                conn.execute(f"CREATE TABLE IF NOT EXISTS {self._name(table)} ({', '.join(definitions)})")
+                conn.execute(f"CREATE TABLE IF NOT EXISTS {self._name(table)} ({definitions})")
         except duckdb.Error as exc:
             raise SinkError(f"cannot create DuckDB table {self._name(table)}: {exc}") from exc
         schema = self.table_schema(table)
         assert schema is not None
         return schema
+
+    def drop_table(self, table: str) -> None:
+        """``DROP TABLE IF EXISTS`` (the JSON reader's column list of the table is forgotten)."""
+        self._column_types.pop(table, None)
+        try:
+            with self.connect() as conn:
+                conn.execute(f"DROP TABLE IF EXISTS {self._name(table)}")
+        except duckdb.Error as exc:
+            raise SinkError(f"cannot drop DuckDB table {self._name(table)}: {exc}") from exc
 
     def mark(self, connector_id: str) -> SinkMark | None:
         """The last committed mark of a connector."""
@@ -153,20 +145,12 @@ class DuckDBSink:
             return self._marks[connector_id]
         with self.connect() as conn:
             try:
-                rows = conn.execute(
-                    f"SELECT position, batch_seq, total_records, total_bytes FROM {self._name(POSITIONS_TABLE)} "
-                    "WHERE connector_id = ?",
-                    [connector_id],
-                ).fetchall()
+                return self._marks_table.read(conn, connector_id)
             except duckdb.CatalogException:  # nothing was ever committed here
                 return None
-        if not rows:
-            return None
-        row = rows[0]
-        return SinkMark(connector_id, json.loads(row[0]) if row[0] else None, row[1], row[2], row[3])
 
     def write(self, table: str, rows: pa.Table, mark: SinkMark) -> None:
-        """Append ``rows`` and upsert ``mark`` in one transaction.
+        """Append ``rows`` and store ``mark`` in one transaction.
 
         The mark must follow the stored one (``batch_seq`` one higher), so two writers racing on the same
         connector cannot both commit the same batch: the loser's transaction is rolled back.
@@ -189,7 +173,7 @@ class DuckDBSink:
         return self._reads_json
 
     def write_json_lines(self, table: str, data: bytes | memoryview, mark_for: Callable[[int], SinkMark]) -> int | None:
-        """Load JSON lines with DuckDB's ``read_json`` into ``table``'s columns, and upsert ``mark_for(rows)``, in
+        """Load JSON lines with DuckDB's ``read_json`` into ``table``'s columns, and store ``mark_for(rows)``, in
         one transaction; ``None`` (rolled back) when DuckDB rejects a record.
 
         DuckDB's JSON reader parses and inserts in one parallel pipeline (no Arrow step). Its casting rules decide
@@ -251,49 +235,15 @@ class DuckDBSink:
         insert: Callable[[duckdb.DuckDBPyConnection], int],
         mark_for: Callable[[int], SinkMark],
     ) -> int:
-        """One transaction: check that the new mark follows the stored one, ``insert`` rows, upsert the mark."""
-        positions = self._name(POSITIONS_TABLE)
+        """One transaction (:meth:`MarkTable.commit`): check that the new mark follows the stored one, ``insert``
+        rows, store the mark."""
         try:
             with self.connect() as conn, self._unordered(conn):
                 if not self._positions_ready:
                     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)}")
-                    conn.execute(
-                        f"CREATE TABLE IF NOT EXISTS {positions} (connector_id VARCHAR PRIMARY KEY, "
-                        "position VARCHAR, batch_seq BIGINT NOT NULL, total_records BIGINT NOT NULL, "
-                        "total_bytes BIGINT NOT NULL, committed_at TIMESTAMPTZ NOT NULL)"
-                    )
+                    conn.execute(self._marks_table.create_sql())
                     self._positions_ready = True
-                conn.execute("BEGIN TRANSACTION")
-                try:
-                    expected = mark_for(0)  # connector and batch number do not depend on the rows
-                    previous = conn.execute(
-                        f"SELECT batch_seq FROM {positions} WHERE connector_id = ?", [expected.connector_id]
-                    ).fetchall()
-                    stored_seq = previous[0][0] if previous else 0
-                    if stored_seq != expected.batch_seq - 1:
-                        raise SinkError(
-                            f"connector {expected.connector_id}: batch {expected.batch_seq} does not follow the "
-                            f"stored batch {stored_seq} (another run is ingesting this connector?); nothing written"
-                        )
-                    rows = insert(conn)
-                    mark = mark_for(rows)
-                    conn.execute(
-                        f"INSERT INTO {positions} VALUES (?, ?, ?, ?, ?, now()) ON CONFLICT (connector_id) DO UPDATE "
-                        "SET position = excluded.position, batch_seq = excluded.batch_seq, "
-                        "total_records = excluded.total_records, total_bytes = excluded.total_bytes, "
-                        "committed_at = excluded.committed_at",
-                        [
-                            mark.connector_id,
-                            json.dumps(mark.position),
-                            mark.batch_seq,
-                            mark.total_records,
-                            mark.total_bytes,
-                        ],
-                    )
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
+                rows, mark = self._marks_table.commit(conn, mark_for, lambda: insert(conn))
             if self.hold_connection:
                 self._marks[mark.connector_id] = mark
             return rows

@@ -4,69 +4,38 @@
 Rows load in bulk, as Snowflake loads files: the batch's Arrow table is written to a Parquet file and ``PUT`` to the
 schema's internal stage ``_connector_stage`` (under a name of its own), then one transaction runs ``COPY INTO`` the
 table from that file (``PURGE``: the staged file goes once loaded), updates the connector's mark in
-``_connector_positions`` and commits. ``COPY INTO`` must report every row of the batch loaded or the transaction is
+``_connector_positions`` (the protocol of :mod:`connector_core.sinks.marks`, in Snowflake's words:
+:data:`MARK_DIALECT`) and commits. ``COPY INTO`` must report every row of the batch loaded or the transaction is
 rolled back. No row ever becomes a Python object. Identifiers are always double-quoted, so table and column names
 keep the case written in ``connectors.yaml`` (columns are matched by name without regard to case, so a table must
-not hold two columns whose names differ only in case).
+not hold two columns whose names differ only in case). Column types come from :mod:`connector_core.column_types`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from connector_core.sinks.base import SinkError, SinkMark, quote
+from connector_core.column_types import SNOWFLAKE, arrow_type_of_snowflake
+from connector_core.sinks.base import SinkError, SinkMark, column_definitions, quote
+from connector_core.sinks.marks import POSITIONS_TABLE, MarkDialect, MarkTable
 
-POSITIONS_TABLE = "_connector_positions"
 #: The internal stage (one per schema) that batches are loaded from.
 STAGE = "_connector_stage"
 
 ConnectionFactory = Callable[[], AbstractContextManager[Any]]
 
-#: SQL types of ``connectors.yaml`` that Snowflake spells differently.
-SNOWFLAKE_TYPES = {"TIMESTAMP": "TIMESTAMP_NTZ", "STRING": "VARCHAR", "TEXT": "VARCHAR", "DOUBLE": "DOUBLE"}
-
-
-def snowflake_type(data_type: pa.DataType) -> str:
-    """The Snowflake column type for an inferred Arrow type (nested and unknown types become VARCHAR)."""
-    if pa.types.is_boolean(data_type):
-        return "BOOLEAN"
-    if pa.types.is_integer(data_type):
-        return "NUMBER(38, 0)"
-    if pa.types.is_floating(data_type):
-        return "DOUBLE"
-    if pa.types.is_date(data_type):
-        return "DATE"
-    if pa.types.is_timestamp(data_type):
-        return "TIMESTAMP_TZ" if data_type.tz else "TIMESTAMP_NTZ"
-    if pa.types.is_decimal(data_type):
-        return f"NUMBER({data_type.precision}, {data_type.scale})"
-    return "VARCHAR"
-
-
-def arrow_type(data_type: str, scale: int | None) -> pa.DataType:
-    """The Arrow type of a Snowflake column (``information_schema.columns.data_type``)."""
-    name = data_type.upper()
-    if name in ("NUMBER", "DECIMAL", "NUMERIC", "INT", "INTEGER", "BIGINT", "SMALLINT", "TINYINT"):
-        return pa.int64() if not scale else pa.float64()
-    if name in ("FLOAT", "DOUBLE", "REAL", "FLOAT4", "FLOAT8", "DOUBLE PRECISION"):
-        return pa.float64()
-    if name == "BOOLEAN":
-        return pa.bool_()
-    if name == "DATE":
-        return pa.date32()
-    if name.startswith("TIMESTAMP") or name == "DATETIME":
-        return pa.timestamp("us", tz="UTC") if name in ("TIMESTAMP_TZ", "TIMESTAMP_LTZ") else pa.timestamp("us")
-    return pa.string()
+#: The mark statements in Snowflake's words (``placeholder`` follows the connection's paramstyle).
+MARK_DIALECT = MarkDialect("%s", "VARCHAR", "NUMBER(38, 0)", timestamp_type="TIMESTAMP_NTZ", now="CURRENT_TIMESTAMP()")
 
 
 class SnowflakeSink:
@@ -124,7 +93,9 @@ class SnowflakeSink:
             columns = self._columns(cursor, table)
         if not columns:
             return None
-        return pa.schema([pa.field(name, arrow_type(data_type, scale)) for name, data_type, scale in columns])
+        return pa.schema(
+            [pa.field(name, arrow_type_of_snowflake(data_type, scale)) for name, data_type, scale in columns]
+        )
 
     def _ensure_schema(self, cursor: Any) -> None:
         cursor.execute(
@@ -136,95 +107,53 @@ class SnowflakeSink:
 
     def ensure_table(self, table: str, columns: dict[str, str] | None, inferred: pa.Schema | None) -> pa.Schema:
         """Create ``table`` from ``columns`` (SQL types) or else from ``inferred``; return its schema."""
-        if columns:
-            definitions = [f"{quote(n)} {SNOWFLAKE_TYPES.get(t.upper(), t.upper())}" for n, t in columns.items()]
-        elif inferred is not None and len(inferred):
-            definitions = [f"{quote(f.name)} {snowflake_type(f.type)}" for f in inferred]
-        else:
-            raise SinkError(f"cannot create table {table!r}: no columns given and none inferred")
+        definitions = column_definitions(table, columns, inferred, SNOWFLAKE)
         with self._cursor(f"create table {table}") as cursor:
             self._ensure_schema(cursor)
-            cursor.execute(f"CREATE TABLE IF NOT EXISTS {self._name(table)} ({', '.join(definitions)})")
+            cursor.execute(f"CREATE TABLE IF NOT EXISTS {self._name(table)} ({definitions})")
         schema = self.table_schema(table)
         assert schema is not None
         return schema
+
+    def drop_table(self, table: str) -> None:
+        """``DROP TABLE IF EXISTS``."""
+        with self._cursor(f"drop table {table}") as cursor:
+            cursor.execute(f"DROP TABLE IF EXISTS {self._name(table)}")
+
+    def _marks(self, cursor: Any) -> MarkTable:
+        """The mark statements for ``cursor``'s connection (its paramstyle picks the placeholder)."""
+        qmark = getattr(cursor.connection, "_paramstyle", "pyformat") == "qmark"
+        dialect = replace(MARK_DIALECT, placeholder="?") if qmark else MARK_DIALECT
+        return MarkTable(self._name(POSITIONS_TABLE), dialect)
 
     def mark(self, connector_id: str) -> SinkMark | None:
         """The last committed mark of a connector."""
         with self._cursor("read the connector position") as cursor:
             if not self._columns(cursor, POSITIONS_TABLE):
                 return None
-            cursor.execute(
-                'SELECT "position", "batch_seq", "total_records", "total_bytes" '
-                f'FROM {self._name(POSITIONS_TABLE)} WHERE "connector_id" = %s',
-                (connector_id,),
-            )
-            row = cursor.fetchone()
-        if row is None:
-            return None
-        return SinkMark(connector_id, json.loads(row[0]) if row[0] else None, int(row[1]), int(row[2]), int(row[3]))
+            return self._marks(cursor).read(cursor, connector_id)
 
     def write(self, table: str, rows: pa.Table, mark: SinkMark) -> None:
-        """Append ``rows`` and store ``mark`` in one transaction (``BEGIN`` ... ``COMMIT``).
+        """Append ``rows`` and store ``mark`` in one transaction (``BEGIN`` ... ``COMMIT``, :meth:`MarkTable.commit`).
 
         The mark must follow the stored one (``batch_seq`` one higher): the position row is updated with
         ``WHERE batch_seq = previous``, so of two writers racing on one connector only one commits.
         """
-        positions = self._name(POSITIONS_TABLE)
         with self._cursor(f"write {table}") as cursor, self._staged(cursor, rows) as staged:
-            placeholder = "?" if getattr(cursor.connection, "_paramstyle", "pyformat") == "qmark" else "%s"
-            cursor.execute("BEGIN")
-            try:
-                cursor.execute(
-                    f'SELECT "batch_seq" FROM {positions} WHERE "connector_id" = {placeholder}',
-                    (mark.connector_id,),
-                )
-                previous = cursor.fetchone()
-                stored_seq = int(previous[0]) if previous else 0
-                if stored_seq != mark.batch_seq - 1:
-                    raise SinkError(
-                        f"connector {mark.connector_id}: batch {mark.batch_seq} does not follow the stored batch "
-                        f"{stored_seq} (another run is ingesting this connector?); nothing written"
-                    )
+
+            def copy_rows() -> int:
                 if staged is not None:
                     self._copy_into(cursor, table, staged, rows.num_rows)
-                values = (json.dumps(mark.position), mark.batch_seq, mark.total_records, mark.total_bytes)
-                if previous:
-                    cursor.execute(
-                        f'UPDATE {positions} SET "position" = {placeholder}, "batch_seq" = {placeholder}, '
-                        f'"total_records" = {placeholder}, "total_bytes" = {placeholder}, '
-                        f'"committed_at" = CURRENT_TIMESTAMP() '
-                        f'WHERE "connector_id" = {placeholder} AND "batch_seq" = {placeholder}',
-                        (*values, mark.connector_id, stored_seq),
-                    )
-                    if cursor.rowcount != 1:
-                        raise SinkError(
-                            f"connector {mark.connector_id}: its stored position changed during the write "
-                            "(another run is ingesting this connector?); nothing written"
-                        )
-                else:
-                    cursor.execute(
-                        f'INSERT INTO {positions} ("connector_id", "position", "batch_seq", "total_records", '
-                        f'"total_bytes", "committed_at") VALUES ({", ".join([placeholder] * 5)}, '
-                        "CURRENT_TIMESTAMP())",
-                        (mark.connector_id, *values),
-                    )
-            except BaseException:
-                cursor.execute("ROLLBACK")
-                raise
-            cursor.execute("COMMIT")
+                return rows.num_rows
+
+            self._marks(cursor).commit(cursor, lambda _: mark, copy_rows)
 
     def _prepare(self, cursor: Any) -> None:
         """The schema, the positions table and the stage (DDL commits by itself in Snowflake: before BEGIN, once)."""
         if self._prepared:
             return
         self._ensure_schema(cursor)
-        cursor.execute(
-            f"CREATE TABLE IF NOT EXISTS {self._name(POSITIONS_TABLE)} "
-            '("connector_id" VARCHAR PRIMARY KEY, "position" VARCHAR, "batch_seq" NUMBER(38, 0) NOT NULL, '
-            '"total_records" NUMBER(38, 0) NOT NULL, "total_bytes" NUMBER(38, 0) NOT NULL, '
-            '"committed_at" TIMESTAMP_NTZ NOT NULL)'
-        )
+        cursor.execute(self._marks(cursor).create_sql())
         cursor.execute(f"CREATE STAGE IF NOT EXISTS {self._name(STAGE)}")
         self._prepared = True
 

@@ -1,28 +1,15 @@
-"""Line helpers shared by the byte transports (``url_input``, ``s3_input``, ``command``)."""
+"""Line helpers shared by the byte transports (``url_input``, ``s3_input``, ``command``, ``file_input``).
+
+How a format's bytes may be cut is the format's :class:`~connector_core.formats.Framing`; :class:`LineBuffer`
+applies it to a stream (lines, or one whole piece for a JSON array found by its first byte).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from connector_core.project import ConnectorSpec
+from connector_core.formats import LINES, Framing, starts_json_array
 from connector_core.transports.base import ReadResult
-
-
-def splits_at_newlines(connector: ConnectorSpec) -> bool:
-    """Whether the connector's format is line oriented (JSON lines, CSV), so input may be cut at newlines."""
-    fmt = connector.format
-    if fmt is None:
-        return True
-    if fmt.name == "parquet":
-        return False
-    return not (fmt.name == "json" and fmt.config.get("array"))
-
-
-def needs_header(connector: ConnectorSpec) -> bool:
-    """Whether pieces from the middle of an object need its first line (CSV with a header line)."""
-    fmt = connector.format
-    return fmt is not None and fmt.name == "csv" and bool(fmt.config.get("header", True))
-
 
 #: The longest first line looked for (a CSV header longer than this is not one).
 MAX_HEADER_BYTES = 1 << 20
@@ -66,38 +53,37 @@ class FirstLine:
         return self.line
 
 
-def may_be_json_array(connector: ConnectorSpec) -> bool:
-    """Whether the format is json, whose input may turn out to be one JSON array (it is then read whole)."""
-    return connector.format is not None and connector.format.name == "json"
-
-
-def starts_json_array(head: bytes) -> bool | None:
-    """Whether input beginning with ``head`` is a JSON array; ``None`` while only whitespace was seen."""
-    stripped = head.lstrip()
-    return None if not stripped else stripped[:1] == b"["
-
-
 class LineBuffer:
-    """Bytes received but not handed out yet; :meth:`take` removes whole lines from the front."""
+    """Bytes received but not handed out yet; :meth:`take` removes whole lines from the front.
 
-    def __init__(self) -> None:
+    With a ``framing`` of whole objects, or one that may be a JSON array and input that turns out to be one (its
+    first non-blank byte, when the buffer gets the stream ``from_start``), the stream is one piece: :attr:`whole`.
+    """
+
+    def __init__(self, framing: Framing = LINES, from_start: bool = True) -> None:
         self._data = bytearray()
         self.newlines = 0  #: complete lines held
+        self.whole = framing.whole_object  #: the stream is handed out in one piece, once it ended
+        self._sniffing = framing.may_be_json_array and from_start and not self.whole
 
     def __len__(self) -> int:
         return len(self._data)
 
-    def head(self, size: int = 4096) -> bytes:
-        """The first ``size`` bytes held (left in place)."""
-        return bytes(self._data[:size])
-
     def feed(self, data: bytes) -> None:
         """Append bytes."""
+        if self._sniffing:
+            is_array = starts_json_array(data)
+            if is_array is not None:
+                self._sniffing = False
+                self.whole = is_array
         self._data += data
         self.newlines += data.count(b"\n")
 
     def full(self, max_bytes: int, max_lines: int) -> bool:
-        """True when a piece of ``max_lines`` lines or ``max_bytes`` bytes (ending at a newline) is ready."""
+        """True when a piece of ``max_lines`` lines or ``max_bytes`` bytes (ending at a newline) is ready (never
+        for a :attr:`whole` stream: it is one piece, handed out at its end)."""
+        if self.whole:
+            return False
         return self.newlines >= max(1, max_lines) or (self.newlines > 0 and len(self._data) >= max_bytes)
 
     def take_all(self) -> bytes:
@@ -107,10 +93,10 @@ class LineBuffer:
         self.newlines = 0
         return piece
 
-    def take_piece(self, whole: bool, max_bytes: int, max_lines: int, final: bool) -> bytes:
-        """The next piece: with ``whole`` (a JSON array, parsed in one piece) everything once the input ended
-        (``final``), else :meth:`take`."""
-        if whole:
+    def take_piece(self, max_bytes: int, max_lines: int, final: bool) -> bytes:
+        """The next piece: for a :attr:`whole` stream everything once the input ended (``final``), else
+        :meth:`take`."""
+        if self.whole:
             return self.take_all() if final else b""
         return self.take(max_bytes, max_lines, final=final)
 

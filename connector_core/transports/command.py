@@ -25,14 +25,8 @@ import threading
 import time
 from typing import IO, Any
 
-from connector_core.transports._lines import (
-    FirstLine,
-    LineBuffer,
-    may_be_json_array,
-    needs_header,
-    splits_at_newlines,
-    starts_json_array,
-)
+from connector_core.formats import framing_of
+from connector_core.transports._lines import FirstLine, LineBuffer
 from connector_core.transports.base import ReadResult, TransportContext, TransportError
 from connector_core.transports.configs import CommandInputConfig
 
@@ -49,12 +43,8 @@ class CommandReader:
         self._ctx = ctx
         self._config: CommandInputConfig = ctx.connector.transport.parsed_config()
         self._name = shlex.join(self._config.command)
-        self._split = splits_at_newlines(ctx.connector)
-        self._sniff_array = may_be_json_array(ctx.connector)
+        self._framing = framing_of(ctx.connector.format)
         self._first_line: FirstLine | None = None  #: collects the output's first line (CSV with a header)
-        self._header_wanted = needs_header(ctx.connector)
-        self._whole = not self._split  #: the output is one document (parquet, a JSON array): hand it out whole
-        self._sniffing = False
         self._process: subprocess.Popen[bytes] | None = None
         self._offset: int | None = None  #: output bytes handed out by this run (= the position)
         self._skip = 0  #: output bytes still to drop after a restart
@@ -84,7 +74,7 @@ class CommandReader:
                 f"command {self._name} wrote {skipped} bytes, fewer than the stored position {start}; "
                 "a command must write the same output on every run to resume"
             )
-        piece = self._buffer.take_piece(self._whole, self._config.chunk_size, max_records, self._stdout_closed)
+        piece = self._buffer.take_piece(self._config.chunk_size, max_records, self._stdout_closed)
         assert self._offset is not None
         self._offset += len(piece)
         end = False
@@ -137,11 +127,9 @@ class CommandReader:
         self._process = process
         self._offset = position
         self._skip = position
-        self._first_line = FirstLine() if self._header_wanted else None
-        self._buffer = LineBuffer()
+        self._first_line = FirstLine() if self._framing.header_line else None
+        self._buffer = LineBuffer(self._framing, from_start=position == 0)
         self._stdout_closed = False
-        self._whole = not self._split
-        self._sniffing = self._split and self._sniff_array and position == 0
         self._failed = None
         self._stderr_tail = collections.deque(maxlen=_STDERR_LINES)
         assert process.stderr is not None
@@ -160,7 +148,7 @@ class CommandReader:
         assert self._process is not None and self._process.stdout is not None
         fd = self._process.stdout.fileno()
         while not self._stdout_closed:
-            if not self._whole and not self._skip and self._buffer.full(self._config.chunk_size, max_records):
+            if not self._skip and self._buffer.full(self._config.chunk_size, max_records):
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -180,11 +168,6 @@ class CommandReader:
                 data = data[dropped:]
             if data:
                 self._buffer.feed(data)
-                if self._sniffing:
-                    is_array = starts_json_array(self._buffer.head())
-                    if is_array is not None:
-                        self._sniffing = False
-                        self._whole = is_array
 
     def _exit_code(self, deadline: float) -> int | None:
         assert self._process is not None

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connector_core.formats import SQL_TO_ARROW
+from connector_core.column_types import COLUMN_TYPES, sql_type_of_values
 from connector_core.transports.base import ReadResult, TransportContext, TransportError
 from connector_core.transports.configs import DatagenConfig, DatagenField, DatagenPlan
 
@@ -94,7 +94,7 @@ class _Column:
 
     @property
     def arrow_type(self) -> pa.DataType:
-        return SQL_TO_ARROW[self.sql_type]
+        return COLUMN_TYPES[self.sql_type].arrow
 
 
 def _columns_of(ctx_columns: dict[str, str] | None, config: DatagenConfig) -> list[_Column]:
@@ -113,14 +113,7 @@ def _columns_of(ctx_columns: dict[str, str] | None, config: DatagenConfig) -> li
 
 def _inferred_type(spec: DatagenField) -> str:
     if spec.values is not None:
-        kind = pa.array(spec.values).type
-        if pa.types.is_boolean(kind):
-            return "BOOLEAN"
-        if pa.types.is_integer(kind):
-            return "BIGINT"
-        if pa.types.is_floating(kind):
-            return "DOUBLE"
-        return "VARCHAR"
+        return sql_type_of_values(pa.array(spec.values).type)
     numbers = [*(spec.range or ()), spec.scale]
     return "BIGINT" if all(_is_integral(n) for n in numbers) else "DOUBLE"
 

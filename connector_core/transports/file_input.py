@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from connector_core.transports._lines import first_line, needs_header
+from connector_core.formats import Framing, framing_of, starts_json_array
+from connector_core.transports._lines import first_line
 from connector_core.transports.base import ReadResult, TransportContext, TransportError
 from connector_core.transports.configs import FileInputConfig
 
@@ -30,20 +31,11 @@ from connector_core.transports.configs import FileInputConfig
 class FileInputReader:
     """Reads one file from a byte offset."""
 
-    def __init__(
-        self,
-        path: Path,
-        config: FileInputConfig,
-        whole_file_format: bool,
-        array_capable: bool,
-        header_wanted: bool = False,
-    ):
+    def __init__(self, path: Path, config: FileInputConfig, framing: Framing):
         self.path = path
         self.config = config
         self.can_finish = not config.follow
-        self._whole_file_format = whole_file_format
-        self._array_capable = array_capable
-        self._header_wanted = header_wanted
+        self._framing = framing
 
     def close(self) -> None:
         """Nothing stays open between reads."""
@@ -57,13 +49,13 @@ class FileInputReader:
             raise TransportError(f"file_input: cannot open {self.path}: {exc}") from exc
 
     def _reads_whole_file(self, handle: Any, position: Any) -> bool:
-        if self._whole_file_format or isinstance(position, bool):
+        if self._framing.whole_object or isinstance(position, bool):
             return True
-        if position or not self._array_capable:
+        if position or not self._framing.may_be_json_array:
             return False
-        start = handle.read(4096).lstrip()[:1]  # a JSON array cannot be cut at newlines
+        is_array = starts_json_array(handle.read(4096))  # a JSON array cannot be cut at newlines
         handle.seek(0)
-        return start == b"["
+        return is_array is True
 
     def read(self, position: Any, max_records: int) -> ReadResult:
         """Whole lines after byte offset ``position`` (``None``: the start), at most ``max_records`` of them."""
@@ -81,7 +73,7 @@ class FileInputReader:
             descriptor = handle.fileno()
             header = (
                 first_line(lambda at, length: os.pread(descriptor, length, at), size)
-                if self._header_wanted and offset > 0 and data
+                if self._framing.header_line and offset > 0 and data
                 else None
             )
         data = _first_records(data, max(1, max_records))
@@ -184,7 +176,4 @@ def open_reader(ctx: TransportContext) -> FileInputReader:
     path = Path(config.path)
     if not path.is_absolute():
         path = ctx.base_dir / path
-    fmt = ctx.connector.format
-    whole = fmt is not None and (fmt.name == "parquet" or (fmt.name == "json" and bool(fmt.config.get("array"))))
-    array_capable = fmt is not None and fmt.name == "json"
-    return FileInputReader(path, config, whole, array_capable, needs_header(ctx.connector))
+    return FileInputReader(path, config, framing_of(ctx.connector.format))

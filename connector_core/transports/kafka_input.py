@@ -9,7 +9,8 @@ when no position is stored; a partition missing from a stored position (added to
 A batch is up to ``max_records`` messages or ``chunk_size`` bytes of values (one message more when it crosses that
 bound; messages fetched beyond it are sought back and read by the next batch), or what arrived within
 ``poll_timeout_seconds``, or less when every partition is at its end. ``data`` is the message values, one per line
-(a newline inside a JSON value is turned into a space; a CSV record must hold none). ``buffered_records`` is the lag: high watermark − next offset, summed.
+(a newline inside a JSON value is turned into a space; a CSV record must hold none); formats read whole (parquet, a
+JSON array) are refused. ``buffered_records`` is the lag: high watermark − next offset, summed.
 End of input only with ``enable.partition.eof: true`` and every partition at its end.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from connector_core.formats import framing_of
 from connector_core.transports.base import ReadResult, TransportContext, TransportError
 from connector_core.transports.configs import KafkaInputConfig
 
@@ -92,9 +94,13 @@ class KafkaReader:
         self._config: KafkaInputConfig = ctx.connector.transport.parsed_config()
         self._topic = self._config.topic
         self.can_finish = self._config.enable_partition_eof
-        self._json = ctx.connector.format is not None and ctx.connector.format.name == "json"
-        if ctx.connector.format is not None and ctx.connector.format.name == "parquet":
-            raise TransportError("kafka_input: one record per message; use the json or csv format, not parquet")
+        framing = framing_of(ctx.connector.format)
+        if framing.whole_object:
+            raise TransportError(
+                "kafka_input: one record per message, handed on as lines; use the json (lines) or csv format, "
+                "not parquet or a JSON array"
+            )
+        self._newlines_to_spaces = framing.newlines_are_whitespace
         settings = consumer_settings(ctx, self._config)
         self._servers = str(settings.get("bootstrap.servers", "?"))
         logger = logging.Logger(f"connectors.kafka.{ctx.pipeline}.{ctx.table}.{ctx.connector.name}")
@@ -164,7 +170,7 @@ class KafkaReader:
                 value = message.value()
                 if value is None:  # a tombstone carries no record
                     continue
-                if self._json and b"\n" in value:
+                if self._newlines_to_spaces and b"\n" in value:
                     value = value.replace(b"\r\n", b" ").replace(b"\n", b" ")
                 values.append(value)
                 size += len(value)

@@ -18,14 +18,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from connector_core.transports._lines import (
-    LineBuffer,
-    first_line,
-    may_be_json_array,
-    needs_header,
-    splits_at_newlines,
-    starts_json_array,
-)
+from connector_core.formats import framing_of
+from connector_core.transports._lines import LineBuffer, first_line
 from connector_core.transports.base import ReadResult, TransportContext, TransportError
 from connector_core.transports.configs import S3InputConfig
 
@@ -38,9 +32,7 @@ class S3Reader:
     def __init__(self, ctx: TransportContext) -> None:
         self._config: S3InputConfig = ctx.connector.transport.parsed_config()
         self._bucket = self._config.bucket
-        self._split = splits_at_newlines(ctx.connector)
-        self._sniff_array = may_be_json_array(ctx.connector)
-        self._header_wanted = needs_header(ctx.connector)
+        self._framing = framing_of(ctx.connector.format)
         try:
             self._client = ctx.clients.s3_client(self._config.connection)
         except Exception as exc:  # a missing secret or a bad endpoint in the connection
@@ -69,7 +61,7 @@ class S3Reader:
             position = self._position(after, key, done)
             end = False
         header = None
-        if self._header_wanted and offset > 0 and piece:
+        if self._framing.header_line and offset > 0 and piece:
             header = first_line(lambda at, length: self._get(key, at, at + length - 1), size)
         return ReadResult(
             data=piece or None,
@@ -136,17 +128,17 @@ class S3Reader:
     def _piece(self, key: str, offset: int, size: int, max_records: int) -> bytes:
         if size == 0:
             return b""
-        if not self._split:
+        if self._framing.whole_object:
             return self._get(key)
         chunk = self._config.chunk_size
-        buffer = LineBuffer()
+        buffer = LineBuffer(self._framing, from_start=offset == 0)
         fetched = offset
         while True:
             last = min(size, fetched + chunk) - 1
             buffer.feed(self._get(key, fetched, last))
             fetched = last + 1
             final = fetched >= size
-            if offset == 0 and self._sniff_array and starts_json_array(buffer.head()):
+            if buffer.whole:  # a JSON array: the whole object
                 rest = b"" if final else self._get(key, fetched, size - 1)
                 return buffer.take_all() + rest
             piece = buffer.take(chunk, max_records, final=final)

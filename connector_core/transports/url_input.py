@@ -16,15 +16,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from connector_core.formats import framing_of
 from connector_core.secrets import EnvSecret
-from connector_core.transports._lines import (
-    FirstLine,
-    LineBuffer,
-    may_be_json_array,
-    needs_header,
-    splits_at_newlines,
-    starts_json_array,
-)
+from connector_core.transports._lines import FirstLine, LineBuffer
 from connector_core.transports.base import ReadResult, TransportContext, TransportError
 from connector_core.transports.configs import UrlInputConfig
 
@@ -46,12 +40,8 @@ class UrlReader:
     def __init__(self, ctx: TransportContext) -> None:
         self._config: UrlInputConfig = ctx.connector.transport.parsed_config()
         self._url = self._config.path
-        self._split = splits_at_newlines(ctx.connector)
-        self._sniff_array = may_be_json_array(ctx.connector)
-        self._header_wanted = needs_header(ctx.connector)
+        self._framing = framing_of(ctx.connector.format)
         self._first_line: FirstLine | None = None  #: the body's first line (CSV with a header)
-        self._whole = not self._split  #: hand out the whole body at once
-        self._sniffing = False  #: still to find out whether the body is a JSON array
         self._response: http.client.HTTPResponse | None = None
         self._offset: int | None = None  #: body offset of the first buffered byte (= position handed out)
         self._buffer = LineBuffer()
@@ -71,14 +61,14 @@ class UrlReader:
             # A connection dropped while idle between batches: ask again for the rest, once.
             self._open(start)
             self._fill(max_records)
-        piece = self._buffer.take_piece(self._whole, self._config.chunk_size, max_records, self._eof)
+        piece = self._buffer.take_piece(self._config.chunk_size, max_records, self._eof)
         assert self._offset is not None
         self._offset += len(piece)
         end = self._eof and len(self._buffer) == 0
         if end:
             self._close_response()
         header = None
-        if self._header_wanted and start > 0 and piece:
+        if self._framing.header_line and start > 0 and piece:
             if self._first_line is None:  # resumed with a range: the start of the body was never read
                 self._first_line = self._fetch_first_line()
             header = self._first_line.end()
@@ -91,7 +81,7 @@ class UrlReader:
 
     # -------------------------------------------------------------------------------------------- internals
     def _fill(self, max_records: int) -> None:
-        while not self._eof and not (not self._whole and self._buffer.full(self._config.chunk_size, max_records)):
+        while not self._eof and not self._buffer.full(self._config.chunk_size, max_records):
             block = self._read_block()
             if not block:
                 self._eof = True
@@ -99,11 +89,6 @@ class UrlReader:
             if self._first_line is not None:
                 self._first_line.see(block)
             self._buffer.feed(block)
-            if self._sniffing:
-                is_array = starts_json_array(self._buffer.head())
-                if is_array is not None:
-                    self._sniffing = False
-                    self._whole = is_array
 
     def _read_block(self, size: int = _BLOCK) -> bytes:
         if self._response is None:
@@ -116,12 +101,10 @@ class UrlReader:
 
     def _open(self, start: int) -> None:
         self._close_response()
-        self._buffer = LineBuffer()
+        self._buffer = LineBuffer(self._framing, from_start=start == 0)
         self._offset = start
         self._eof = False
-        self._whole = not self._split
-        self._sniffing = self._split and self._sniff_array and start == 0
-        self._first_line = FirstLine() if self._header_wanted else None
+        self._first_line = FirstLine() if self._framing.header_line else None
         response = self._get(start)
         if response is None:
             return
