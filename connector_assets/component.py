@@ -18,7 +18,7 @@ from pydantic import Field
 from connector_assets.names import dagster_name
 
 STARTER_PROJECT = """\
-# A connectors project file (DESIGN §2). Start the pipeline with the {pipeline}__setup job, or
+# A connectors project file (see the dagster-connectors README). Start the pipeline with the {pipeline}__setup job, or
 # `connectors --project-file connectors.yaml setup {pipeline} --confirm-prerequisites`.
 pipelines:
   {pipeline}:

@@ -328,6 +328,10 @@ class PipelineState(StateDB):
             "INSERT OR REPLACE INTO app_config VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()]
         )
 
+    def merge_config(self, conn: sqlite3.Connection, key: str, values: dict[str, Any]) -> None:
+        """Overlay ``values`` on the stored mapping under ``key`` inside a transaction."""
+        self.put_config(conn, {key: {**self.config().get(key, {}), **values}})
+
     @staticmethod
     def clear_config(conn: sqlite3.Connection) -> None:
         """Forget every stored configuration value inside a transaction (the wizard's reset)."""

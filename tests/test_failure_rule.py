@@ -26,9 +26,7 @@ pipelines:
             format: {{name: json}}
       numbers:
         columns: {{n: BIGINT}}
-        connectors:
-          - name: gen
-            transport: {{name: datagen, config: {{plan: [{{limit: 5}}]}}}}
+        connectors: [{{name: gen, transport: {{name: datagen, config: {{plan: [{{limit: 5}}]}}}}}}]
 """
 PRICES = dg.AssetKey(["demo", "prices"])
 

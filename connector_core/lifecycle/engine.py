@@ -142,7 +142,9 @@ class ProcedureEngine:
             return None
         return Response.from_hook(hook(HookContext(self.pipeline, step.procedure, dict(step.values))))
 
-    def _run(self, step: Step) -> Response:
+    def _run(self, procedure: str, statuses: Sequence[str], **fields: Any) -> Response:
+        """Run the procedure ``procedure``, allowed in ``statuses``, as the :class:`Step` of ``fields``."""
+        step = Step(procedure, statuses, **fields)
         refused = self._privileges_missing()
         if refused is not None:
             return refused

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from connector_core.lifecycle.engine import ProcedureEngine, ProcedureStopped, Response, Step
+from connector_core.lifecycle.engine import ProcedureEngine, ProcedureStopped, Response
 from connector_core.state import StateError
 from connector_core.vocabulary import ResponseCode, Status
 
@@ -43,28 +43,22 @@ class RunningProcedures(ProcedureEngine):
 
     def pause(self) -> Response:
         """STARTED (or a stuck PAUSING) → PAUSING → PAUSED; the sensor stops launching runs."""
-        return self._run(
-            Step(
-                "pause",
-                statuses=[Status.STARTED, Status.PAUSING],
-                intermediate=Status.PAUSING,
-                final_status=Status.PAUSED,
-                scheduling=False,
-                done_message="pipeline paused",
-            )
-        )
+        return self._switch("pause", Status.STARTED, Status.PAUSING, Status.PAUSED, "pipeline paused")
 
     def resume(self) -> Response:
         """PAUSED (or a stuck STARTING) → STARTING → STARTED; the sensor launches runs again."""
+        return self._switch("resume", Status.PAUSED, Status.STARTING, Status.STARTED, "pipeline resumed")
+
+    def _switch(self, procedure: str, settled: Status, intermediate: Status, final: Status, message: str) -> Response:
+        """From ``settled`` (or a stuck ``intermediate``, retried) through ``intermediate`` to ``final``; scheduling
+        follows (on when ``final`` is STARTED)."""
         return self._run(
-            Step(
-                "resume",
-                statuses=[Status.PAUSED, Status.STARTING],
-                intermediate=Status.STARTING,
-                final_status=Status.STARTED,
-                scheduling=True,
-                done_message="pipeline resumed",
-            )
+            procedure,
+            [settled, intermediate],
+            intermediate=intermediate,
+            final_status=final,
+            scheduling=final is Status.STARTED,
+            done_message=message,
         )
 
     def recover(self, to: str) -> Response:
@@ -80,15 +74,13 @@ class RunningProcedures(ProcedureEngine):
             return None
 
         return self._run(
-            Step(
-                "recover",
-                statuses=[Status.ERROR, Status.STARTING, Status.PAUSING],
-                check=check,
-                final_status=target,
-                scheduling=target == Status.STARTED,
-                values={"to": target},
-                done_message=f"pipeline recovered to {target}",
-            )
+            "recover",
+            [Status.ERROR, Status.STARTING, Status.PAUSING],
+            check=check,
+            final_status=target,
+            scheduling=target == Status.STARTED,
+            values={"to": target},
+            done_message=f"pipeline recovered to {target}",
         )
 
     def _set_connector(self, table: str, connector: str, running: bool) -> Response:

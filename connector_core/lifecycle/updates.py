@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from connector_core.lifecycle.engine import ProcedureEngine, ProcedureStopped, Response, Step, cause, check_identifiers
+from connector_core.lifecycle.engine import ProcedureEngine, ProcedureStopped, Response, cause, check_identifiers
 from connector_core.project import Connection
 from connector_core.secrets import literal_secret_keys, refusal
 from connector_core.vocabulary import ResponseCode, Status
@@ -75,18 +75,15 @@ class UpdateProcedures(ProcedureEngine):
             return None
 
         def store(conn: sqlite3.Connection) -> None:
-            key = f"connection.{connection}"
-            self.state.put_config(conn, {key: {**self.state.config().get(key, {}), **values}})
+            self.state.merge_config(conn, f"connection.{connection}", values)
 
         return self._run(
-            Step(
-                "update_connection",
-                statuses=[Status.PAUSED],
-                check=check,
-                store=store,
-                values={"connection": connection, "fields": sorted(values)},
-                done_message=f"connection {connection} updated",
-            )
+            "update_connection",
+            [Status.PAUSED],
+            check=check,
+            store=store,
+            values={"connection": connection, "fields": sorted(values)},
+            done_message=f"connection {connection} updated",
         )
 
     def update_warehouse(self, warehouse: str) -> Response:
@@ -119,16 +116,13 @@ class UpdateProcedures(ProcedureEngine):
             return None
 
         def store(conn: sqlite3.Connection) -> None:
-            stored = self.state.config().get("sink", {})
-            self.state.put_config(conn, {"sink": {**stored, "warehouse": warehouse}})
+            self.state.merge_config(conn, "sink", {"warehouse": warehouse})
 
         return self._run(
-            Step(
-                "update_warehouse",
-                statuses=[Status.PAUSED],
-                check=check,
-                store=store,
-                values={"warehouse": warehouse},
-                done_message=f"warehouse set to {warehouse}",
-            )
+            "update_warehouse",
+            [Status.PAUSED],
+            check=check,
+            store=store,
+            values={"warehouse": warehouse},
+            done_message=f"warehouse set to {warehouse}",
         )

@@ -10,7 +10,6 @@ from connector_core.lifecycle.engine import (
     ProcedureEngine,
     ProcedureStopped,
     Response,
-    Step,
     cause,
     check_identifiers,
 )
@@ -63,16 +62,14 @@ class WizardProcedures(ProcedureEngine):
             )
 
         response = self._run(
-            Step(
-                "prerequisites",
-                statuses=[Status.CONFIGURING],
-                configuration_statuses=WIZARD_STEPS_BEFORE_FINAL,
-                check=check,
-                store=store,
-                final_configuration=final_configuration,
-                values={"done": marking, "complete": complete},
-                done_message=f"{len(marking)} prerequisite(s) marked done" if marking else "prerequisites",
-            )
+            "prerequisites",
+            [Status.CONFIGURING],
+            configuration_statuses=WIZARD_STEPS_BEFORE_FINAL,
+            check=check,
+            store=store,
+            final_configuration=final_configuration,
+            values={"done": marking, "complete": complete},
+            done_message=f"{len(marking)} prerequisite(s) marked done" if marking else "prerequisites",
         )
         if response.ok:
             response.data["prerequisites"] = self.state.prerequisites()
@@ -95,37 +92,32 @@ class WizardProcedures(ProcedureEngine):
             return check_identifiers({k: v for k, v in values.items() if k in ("database", "schema", "warehouse")})
 
         def store(conn: sqlite3.Connection) -> None:
-            stored = self.state.config().get("sink", {})
-            self.state.put_config(conn, {"sink": {**stored, **values}})
+            self.state.merge_config(conn, "sink", values)
 
         return self._run(
-            Step(
-                "configure",
-                statuses=[Status.CONFIGURING],
-                configuration_statuses=WIZARD_STEPS_BEFORE_FINAL,
-                check=check,
-                store=store,
-                final_configuration=lambda c: (
-                    c
-                    if c in (ConfigurationStatus.CONFIGURED, ConfigurationStatus.CONNECTED)
-                    else ConfigurationStatus.CONFIGURED
-                ),
-                values=values,
-                done_message="sink configured",
-            )
+            "configure",
+            [Status.CONFIGURING],
+            configuration_statuses=WIZARD_STEPS_BEFORE_FINAL,
+            check=check,
+            store=store,
+            final_configuration=lambda c: (
+                c
+                if c in (ConfigurationStatus.CONFIGURED, ConfigurationStatus.CONNECTED)
+                else ConfigurationStatus.CONFIGURED
+            ),
+            values=values,
+            done_message="sink configured",
         )
 
     def connect(self) -> Response:
         """Test every connection of the pipeline and its sink for real → CONNECTED."""
         return self._run(
-            Step(
-                "connect",
-                statuses=[Status.CONFIGURING],
-                configuration_statuses=[ConfigurationStatus.CONFIGURED, ConfigurationStatus.CONNECTED],
-                check=self._test_all_connections,
-                final_configuration=lambda _: ConfigurationStatus.CONNECTED,
-                done_message=f"{len(self.pipeline.spec.connections)} connection(s) and the sink reached",
-            )
+            "connect",
+            [Status.CONFIGURING],
+            configuration_statuses=[ConfigurationStatus.CONFIGURED, ConfigurationStatus.CONNECTED],
+            check=self._test_all_connections,
+            final_configuration=lambda _: ConfigurationStatus.CONNECTED,
+            done_message=f"{len(self.pipeline.spec.connections)} connection(s) and the sink reached",
         )
 
     def _test_all_connections(self) -> Response | None:
@@ -167,17 +159,15 @@ class WizardProcedures(ProcedureEngine):
                 sink.drop_table(table)
 
         return self._run(
-            Step(
-                "finalize",
-                statuses=[Status.CONFIGURING],
-                configuration_statuses=[ConfigurationStatus.CONNECTED],
-                check=check,
-                undo=undo,
-                final_configuration=lambda _: ConfigurationStatus.FINALIZED,
-                final_status=Status.STARTED,
-                scheduling=True,
-                done_message="configuration finalized; pipeline STARTED",
-            )
+            "finalize",
+            [Status.CONFIGURING],
+            configuration_statuses=[ConfigurationStatus.CONNECTED],
+            check=check,
+            undo=undo,
+            final_configuration=lambda _: ConfigurationStatus.FINALIZED,
+            final_status=Status.STARTED,
+            scheduling=True,
+            done_message="configuration finalized; pipeline STARTED",
         )
 
     def reset(self) -> Response:
@@ -188,14 +178,12 @@ class WizardProcedures(ProcedureEngine):
             self.state.reset_prerequisites(conn)
 
         return self._run(
-            Step(
-                "reset",
-                statuses=[Status.CONFIGURING],
-                configuration_statuses=WIZARD_STEPS_BEFORE_FINAL,
-                store=store,
-                final_configuration=lambda _: ConfigurationStatus.INSTALLED,
-                done_message="configuration reset",
-            )
+            "reset",
+            [Status.CONFIGURING],
+            configuration_statuses=WIZARD_STEPS_BEFORE_FINAL,
+            store=store,
+            final_configuration=lambda _: ConfigurationStatus.INSTALLED,
+            done_message="configuration reset",
         )
 
     def setup(self, confirm_prerequisites: bool = False) -> Response:
