@@ -27,7 +27,7 @@ from connector_core.lifecycle import Hook
 from connector_core.pipeline import Pipeline
 from connector_core.project import Project, ProjectFileError, load_project
 from connector_core.state import StateError
-from resources import build_pipeline_resources
+from resources import PipelineResources, build_pipeline_resources
 from sensors import build_orchestration_sensor
 
 
@@ -102,7 +102,7 @@ def build_pipeline_definitions(
         assets=[assets],
         jobs=[ingest_job, *build_lifecycle_jobs(pipeline_name, project, state_dir, hooks)],
         sensors=[build_orchestration_sensor(pipeline_name, project, state_dir, assets, ingest_job)],
-        resources={connectors_resource_key(pipeline_name): connectors, **resources.by_key(pipeline_name)},
+        resources={connectors_resource_key(pipeline_name): connectors, **resources_by_key(pipeline_name, resources)},
     )
 
 
@@ -143,6 +143,14 @@ def defs() -> dg.Definitions:
     """The code location of ``workspace.yaml``: the project file from ``$CONNECTORS_PROJECT_FILE`` or
     ``./connectors.yaml``."""
     return build_definitions()
+
+
+def resources_by_key(pipeline_name: str, resources: PipelineResources) -> dict[str, dg.ConfigurableResource]:
+    """A pipeline's connection and sink resources under their Dagster keys, ``{p}__{connection}`` and ``{p}__sink``."""
+    keyed = {connection_resource_key(pipeline_name, name): r for name, r in resources.connections.items()}
+    if resources.sink is not None:
+        keyed[sink_resource_key(pipeline_name)] = resources.sink
+    return keyed
 
 
 __all__ = ["build_definitions", "build_pipeline_definitions", "defs", "ingest_job_name", "load_project_for_dagster"]

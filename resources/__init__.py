@@ -20,7 +20,6 @@ from dagster_duckdb import DuckDBResource
 from dagster_snowflake import SnowflakeResource
 from pydantic import Field
 
-from connector_assets.names import connection_resource_key, sink_resource_key
 from connector_core.pipeline import Pipeline
 from connector_core.secrets import is_env_reference
 
@@ -110,13 +109,6 @@ class PipelineResources:
 
     connections: dict[str, dg.ConfigurableResource]
     sink: DuckDBResource | None
-
-    def by_key(self, pipeline_name: str) -> dict[str, dg.ConfigurableResource]:
-        """The same resources under their Dagster keys, ``{pipeline}__{connection}`` and ``{pipeline}__sink``."""
-        keyed = {connection_resource_key(pipeline_name, name): r for name, r in self.connections.items()}
-        if self.sink is not None:
-            keyed[sink_resource_key(pipeline_name)] = self.sink
-        return keyed
 
 
 def build_pipeline_resources(pipeline: Pipeline) -> PipelineResources:
