@@ -124,6 +124,10 @@ class ConnectorsResource(dg.ConfigurableResource):
                         yield self._ingest_table(
                             context, pipeline, session, table, context.assets_def.specs_by_key[key]
                         )
+        except Exception as exc:  # the run's error holds no secret, and not its driver's text with one
+            raise dg.Failure(
+                description=pipeline.redact(f"{self.pipeline_name}: {type(exc).__name__}: {exc}"), allow_retries=False
+            ) from None
         finally:
             pipeline.close()
 

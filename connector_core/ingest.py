@@ -47,7 +47,8 @@ from connector_core.clients import ConnectionClients
 from connector_core.formats import JsonRoute, ParsedBatch, conform, empty_table, json_route, parse
 from connector_core.pipeline import ConnectorHandle, Pipeline
 from connector_core.project import Format, Processor
-from connector_core.sinks import JsonReadingSink, Sink, SinkMark, open_sink
+from connector_core.secrets import child_environment
+from connector_core.sinks import JsonReadingSink, Sink, SinkError, SinkMark, open_sink
 from connector_core.state import BatchCommit
 from connector_core.transports import TransportContext, TransportError, TransportReader, open_transport
 from connector_core.transports.base import ReadResult
@@ -149,6 +150,7 @@ def load_processor(processor: Processor, pipeline: Pipeline) -> TableStep:
                 input=lines.encode(),
                 capture_output=True,
                 cwd=pipeline.base_dir,
+                env=child_environment(processor.env),
                 timeout=COMMAND_TIMEOUT_SECONDS,
                 check=False,
             )
@@ -190,7 +192,7 @@ class IngestSession:
     ):
         self.pipeline = pipeline
         self.clients = clients
-        self.log = log
+        self.log: Callable[[str], None] = lambda line: log(pipeline.redact(line))  # no secret reaches a log
         self.max_consecutive_failures = max_consecutive_failures
         self._sink: Sink | None = None
         self._readers: dict[str, TransportReader] = {}
@@ -217,12 +219,14 @@ class IngestSession:
         report.connector_id = str(handle.connector_id)
         try:
             self._ingest(handle, report)
-        except (TransportError, ProcessorError) as exc:
+        except (TransportError, ProcessorError, SinkError) as exc:
             self._drop_reader(str(handle.connector_id))
+            if isinstance(exc, SinkError):
+                self._close_sink()  # the next batch opens it afresh
             report.transport_errors += 1
-            report.error = str(exc)
-            report.fatal_error = handle.state.record_failed_read(str(exc), self.max_consecutive_failures)
-            self.log(f"{handle.endpoint}: {exc}")
+            report.error = self.pipeline.redact(str(exc))
+            report.fatal_error = handle.state.record_failed_read(report.error, self.max_consecutive_failures)
+            self.log(f"{handle.endpoint}: {report.error}")
         report.seconds = time.monotonic() - started
         return report
 
@@ -446,10 +450,16 @@ class IngestSession:
         """Close transports and the sink."""
         for connector_id in list(self._readers):
             self._drop_reader(connector_id)
-        close_sink = getattr(self._sink, "close", None)
+        self._close_sink()
+
+    def _close_sink(self) -> None:
+        sink, self._sink = self._sink, None
+        close_sink = getattr(sink, "close", None)
         if callable(close_sink):
-            close_sink()
-        self._sink = None
+            try:
+                close_sink()
+            except Exception as exc:  # closing a broken sink must not hide the first error
+                self.log(f"closing the sink failed: {exc}")
 
     def __enter__(self) -> IngestSession:
         return self

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from connector_core.project import ConnectorSpec, PipelineSpec, Project, connector_labels
-from connector_core.secrets import mask_secrets
+from connector_core.secrets import Redactor, mask_secrets, resolved_secrets
 from connector_core.state import ConnectorState, PipelineState, StateStore
 from connector_core.vocabulary import RunState, Status
 
@@ -51,7 +51,8 @@ class Pipeline:
         self.project = project
         self.name = name
         self.spec: PipelineSpec = project.pipeline(name)
-        self.store = StateStore(project.resolve_state_dir(state_dir))
+        self._redactor: Redactor | None = None
+        self.store = StateStore(project.resolve_state_dir(state_dir), redact=self.redact)
         prerequisites = [(p.id, p.title, p.url) for p in self.spec.prerequisites]
         self.state: PipelineState = self.store.pipeline(name, create=False, prerequisites=prerequisites)
         self._created = False
@@ -83,6 +84,19 @@ class Pipeline:
                 starts_paused=handle.starts_paused,
             )
         self._created = True
+
+    @property
+    def redactor(self) -> Redactor:
+        """Removes the pipeline's secrets from a text: the value of every ``{env: NAME}`` of its spec and of its
+        stored settings (read when first needed), in every form a driver may quote it."""
+        if self._redactor is None:
+            stored = self.state.config() if self.state.exists else {}
+            self._redactor = Redactor(resolved_secrets([self.spec.model_dump(by_alias=True), stored]))
+        return self._redactor
+
+    def redact(self, text: str) -> str:
+        """``text`` without any of the pipeline's secrets (applied before a text is printed, stored or logged)."""
+        return self.redactor(text)
 
     @property
     def pipeline_id(self) -> str | None:

@@ -26,8 +26,13 @@ from pydantic import (
 
 from connector_core.column_types import COLUMN_TYPES
 from connector_core.formats import Format
-from connector_core.secrets import ENV_NAME, EnvSecret, literal_secret_keys, refusal
-from connector_core.transports.configs import TRANSPORT_CONFIG_MODELS, TransportName
+from connector_core.secrets import ENV_NAME, EnvSecret
+from connector_core.transports.configs import (
+    TRANSPORT_CONFIG_MODELS,
+    TransportName,
+    no_literal_secrets,
+    no_url_credentials,
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
 PROJECT_FILE_ENV = "CONNECTORS_PROJECT_FILE"
@@ -72,15 +77,7 @@ class KafkaConnection(Strict):
     def _needs_bootstrap(cls, config: dict[str, ConfigValue]) -> dict[str, ConfigValue]:
         if "bootstrap.servers" not in config:
             raise ValueError("config needs 'bootstrap.servers'")
-        _no_literal_secrets(config)
-        return config
-
-
-def _no_literal_secrets(values: dict[str, Any]) -> None:
-    """The project file's side of the secret rule (``connector_core.secrets``)."""
-    refused = literal_secret_keys(values)
-    if refused:
-        raise ValueError(refusal(refused))
+        return no_literal_secrets(config)
 
 
 class PostgresConnection(Strict):
@@ -94,10 +91,15 @@ class S3Connection(Strict):
     """S3 or an S3-compatible server. Credentials come from the usual AWS chain unless given as secrets."""
 
     kind: Literal["s3"]
-    endpoint_url: str | None = None
+    endpoint_url: str | None = Field(default=None, description="S3-compatible server, without credentials.")
     region_name: str | None = None
     aws_access_key_id: ConfigValue | None = None
     aws_secret_access_key: EnvSecret | None = None
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _no_credentials(cls, url: str | None) -> str | None:
+        return no_url_credentials(url) if url is not None else None
 
 
 class SnowflakeConnection(Strict):
@@ -207,6 +209,12 @@ class Processor(Strict):
     kind: Literal["python", "command"]
     function: str | None = Field(default=None, description="'module:function' taking and returning a pyarrow.Table")
     command: list[str] | None = Field(default=None, description="argv of a program filtering JSON lines")
+    env: dict[str, str | EnvSecret] = Field(
+        default_factory=dict,
+        description="command: variables given to the program on top of a minimal environment; secrets as {env: NAME}.",
+    )
+
+    _env = field_validator("env")(no_literal_secrets)
 
     @model_validator(mode="after")
     def _one_target(self) -> Processor:

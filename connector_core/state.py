@@ -22,7 +22,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -104,7 +104,15 @@ class StateDB:
     the file. Opening an existing file writes nothing unless its schema is older than this program's.
     """
 
-    def __init__(self, path: Path | None, migrations: Sequence[str], read_only: bool = False, create: bool = True):
+    def __init__(
+        self,
+        path: Path | None,
+        migrations: Sequence[str],
+        read_only: bool = False,
+        create: bool = True,
+        redact: Callable[[str], str] = str,
+    ):
+        self.redact = redact  #: applied to every message before it is stored (no secret lands in a database)
         self.path = Path(path) if path is not None else None
         self.read_only = read_only
         self._migrations = migrations
@@ -251,10 +259,11 @@ class PipelineState(StateDB):
         read_only: bool = False,
         create: bool = True,
         prerequisites: Sequence[tuple[str, str, str | None]] = (),
+        redact: Callable[[str], str] = str,
     ):
         self.declared_prerequisites = list(prerequisites)
         self.lock_path = Path(path).with_suffix(".lock")
-        super().__init__(path, PIPELINE_MIGRATIONS, read_only, create)
+        super().__init__(path, PIPELINE_MIGRATIONS, read_only, create, redact)
 
     def create(self) -> None:
         """Create the file with its identity, first status and prerequisites."""
@@ -362,8 +371,8 @@ class PipelineState(StateDB):
         conn.execute("UPDATE prerequisites SET done = 0, done_at = NULL")
 
     # -- events
-    @staticmethod
     def add_event(
+        self,
         conn: sqlite3.Connection,
         procedure: str,
         from_status: str | None,
@@ -376,7 +385,15 @@ class PipelineState(StateDB):
         conn.execute(
             "INSERT INTO events (timestamp, procedure, from_status, to_status, response_code, message, source) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (utc_now(), procedure, from_status, to_status, response_code, message, json.dumps(source or {})),
+            (
+                utc_now(),
+                procedure,
+                from_status,
+                to_status,
+                response_code,
+                self.redact(message),
+                json.dumps(source or {}),
+            ),
         )
 
     def events(self, limit: int = 100) -> list[dict[str, Any]]:
@@ -478,9 +495,16 @@ class ConnectorState(StateDB):
     initial state: ``starts_paused`` decides Paused or Running, every counter is zero.
     """
 
-    def __init__(self, path: Path | None, read_only: bool = False, create: bool = True, starts_paused: bool = False):
+    def __init__(
+        self,
+        path: Path | None,
+        read_only: bool = False,
+        create: bool = True,
+        starts_paused: bool = False,
+        redact: Callable[[str], str] = str,
+    ):
         self.starts_paused = starts_paused
-        super().__init__(path, CONNECTOR_MIGRATIONS, read_only, create and path is not None)
+        super().__init__(path, CONNECTOR_MIGRATIONS, read_only, create and path is not None, redact)
 
     def initialize(
         self,
@@ -521,7 +545,7 @@ class ConnectorState(StateDB):
         identity = conn.execute("SELECT connector_id, pipeline_id, name, type FROM identity").fetchone()
         conn.execute(
             "INSERT INTO events (timestamp, kind, message, source) VALUES (?, ?, ?, ?)",
-            (utc_now(), kind, message, json.dumps(dict(identity) if identity else {})),
+            (utc_now(), kind, self.redact(message), json.dumps(dict(identity) if identity else {})),
         )
 
     def events(self, limit: int = 100) -> list[dict[str, Any]]:
@@ -629,7 +653,7 @@ class ConnectorState(StateDB):
             if batch.parse_errors:
                 conn.executemany(
                     'INSERT INTO parse_errors (timestamp, "index", message) VALUES (?, ?, ?)',
-                    [(now, index, message) for index, message in batch.parse_errors[-MAX_PARSE_ERRORS_KEPT:]],
+                    [(now, i, self.redact(message)) for i, message in batch.parse_errors[-MAX_PARSE_ERRORS_KEPT:]],
                 )
                 conn.execute(
                     "DELETE FROM parse_errors WHERE id NOT IN "
@@ -638,6 +662,7 @@ class ConnectorState(StateDB):
 
     def record_transport_error(self, message: str, fatal: bool = False) -> None:
         """Count a transport error that did not stop the read (and keep it as the fatal error with ``fatal``)."""
+        message = self.redact(message)
         with self.transaction() as conn:
             conn.execute(
                 "UPDATE metrics SET num_transport_errors = num_transport_errors + 1, "
@@ -651,6 +676,7 @@ class ConnectorState(StateDB):
         """Count a read that failed (transport, processor or sink error): one more transport error and one more
         consecutive failure. The ``fatal_after``-th failure in a row becomes the connector's fatal error, which
         stops its ingestion until it is started again; returns that fatal error, else ``None``."""
+        message = self.redact(message)
         with self.transaction() as conn:
             conn.execute(
                 "UPDATE metrics SET num_transport_errors = num_transport_errors + 1, "
@@ -696,10 +722,12 @@ class ConnectorState(StateDB):
 
 # ------------------------------------------------------------------------------------------------- store
 class StateStore:
-    """Finds the state databases of a project under one ``state_dir``."""
+    """Finds the state databases of a project under one ``state_dir``; every database it opens redacts its
+    messages with ``redact`` before storing them."""
 
-    def __init__(self, state_dir: Path | str):
+    def __init__(self, state_dir: Path | str, redact: Callable[[str], str] = str):
         self.state_dir = Path(state_dir)
+        self.redact = redact
 
     def pipeline_path(self, pipeline: str) -> Path:
         """``{state_dir}/{pipeline}/pipeline.sqlite``."""
@@ -716,11 +744,13 @@ class StateStore:
         prerequisites: Sequence[tuple[str, str, str | None]] = (),
     ) -> PipelineState:
         """The pipeline database (created when needed, unless ``create`` is false)."""
-        return PipelineState(self.pipeline_path(pipeline), create=create, prerequisites=prerequisites)
+        return PipelineState(
+            self.pipeline_path(pipeline), create=create, prerequisites=prerequisites, redact=self.redact
+        )
 
     def connector(
         self, pipeline: str, connector_id: str | None, create: bool = True, starts_paused: bool = False
     ) -> ConnectorState:
         """A connector database (created when needed, unless ``create`` is false or it has no id yet)."""
         path = self.connector_path(pipeline, connector_id) if connector_id else None
-        return ConnectorState(path, create=create, starts_paused=starts_paused)
+        return ConnectorState(path, create=create, starts_paused=starts_paused, redact=self.redact)

@@ -38,6 +38,10 @@ class Response:
         become their text)."""
         return json.loads(json.dumps({"response_code": self.response_code, "message": self.message, **self.data}))
 
+    def redacted(self, redact: Callable[[str], str]) -> Response:
+        """This response with ``redact`` applied to its message and to every text in its data."""
+        return Response(self.response_code, redact(self.message), _redact_texts(self.data, redact))
+
     @classmethod
     def from_hook(cls, answer: Any) -> Response | None:
         """A hook's answer as a response; ``None`` when it says go on (None or OK)."""
@@ -143,18 +147,20 @@ class ProcedureEngine:
         return Response.from_hook(hook(HookContext(self.pipeline, step.procedure, dict(step.values))))
 
     def _run(self, procedure: str, statuses: Sequence[str], **fields: Any) -> Response:
-        """Run the procedure ``procedure``, allowed in ``statuses``, as the :class:`Step` of ``fields``."""
+        """Run the procedure ``procedure``, allowed in ``statuses``, as the :class:`Step` of ``fields``; the answer
+        holds none of the pipeline's secrets (a driver's error text may quote one)."""
         step = Step(procedure, statuses, **fields)
         refused = self._privileges_missing()
         if refused is not None:
             return refused
         try:
             with self.state.procedure_lock(self.lock_timeout_seconds):
-                return self._run_locked(step)
+                response = self._run_locked(step)
         except ProcedureStopped as stop:
-            return stop.response
+            response = stop.response
         except StateError as exc:
-            return Response(ResponseCode.INTERNAL_ERROR, str(exc))
+            response = Response(ResponseCode.INTERNAL_ERROR, str(exc))
+        return response.redacted(self.pipeline.redact)
 
     def _privileges_missing(self, state: StateDB | None = None) -> Response | None:
         """Phase 1: ``REQUIRED_PRIVILEGES_MISSING`` unless this process may write the (pipeline) state database."""
@@ -340,8 +346,23 @@ def run_procedure(
     except Exception as exc:  # a state database that cannot be opened, created or migrated
         return Response(ResponseCode.INTERNAL_ERROR, f"cannot open pipeline {pipeline_name}: {cause(exc)}")
     try:
-        return call(pipeline)
+        response = call(pipeline)
     except Exception as exc:
-        return Response(ResponseCode.INTERNAL_ERROR, f"pipeline {pipeline_name}: {type(exc).__name__}: {cause(exc)}")
+        response = Response(
+            ResponseCode.INTERNAL_ERROR, f"pipeline {pipeline_name}: {type(exc).__name__}: {cause(exc)}"
+        )
+    try:
+        return response.redacted(pipeline.redact)
     finally:
         pipeline.close()
+
+
+def _redact_texts(value: Any, redact: Callable[[str], str]) -> Any:
+    """``value`` (JSON-like) with ``redact`` applied to every string in it."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _redact_texts(item, redact) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_texts(item, redact) for item in value]
+    return value

@@ -9,7 +9,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from connector_core.lifecycle.engine import ProcedureEngine, ProcedureStopped, Response, cause, check_identifiers
 from connector_core.project import Connection
-from connector_core.secrets import literal_secret_keys, refusal
+from connector_core.secrets import literal_secret_keys, refusal, resolved_secrets
 from connector_core.vocabulary import ResponseCode, Status
 
 #: Connection fields ``update_connection`` accepts, per connection kind (kafka: any librdkafka dotted key).
@@ -70,8 +70,11 @@ class UpdateProcedures(ProcedureEngine):
                 self._require_clients().test_connection(connection, settings)
             except ProcedureStopped:
                 raise
-            except Exception as exc:
-                return Response(ResponseCode.CONNECTION_FAILED, f"Connection {connection!r} failed: {cause(exc)}")
+            except Exception as exc:  # the new settings' secrets may be in the driver's text too
+                redact = self.pipeline.redactor.with_secrets(resolved_secrets(values))
+                return Response(
+                    ResponseCode.CONNECTION_FAILED, redact(f"Connection {connection!r} failed: {cause(exc)}")
+                )
             return None
 
         def store(conn: sqlite3.Connection) -> None:

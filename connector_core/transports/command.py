@@ -1,7 +1,8 @@
 """``command``: an external program (any language) writing records, JSON lines by default, to stdout.
 
-The program runs in the project folder (``ctx.base_dir``) with ``env`` added to the environment, and is kept
-running between batches. Output that is one document (parquet, or with the json format a JSON array: first
+The program runs in the project folder (``ctx.base_dir``) with a minimal environment (PATH, HOME, locale...:
+``connector_core.secrets.CHILD_ENVIRONMENT``) plus the config's ``env`` (secrets as ``{env: NAME}``), so no other
+secret of this process reaches it; it is kept running between batches. Output that is one document (parquet, or with the json format a JSON array: first
 character ``[``) is handed out whole when the program exits. Otherwise a batch holds the whole lines that arrived within ``poll_timeout_seconds`` (at most
 ``chunk_size`` bytes and ``max_records`` lines). Its stderr lines go to the connector's log. End of input when it
 exits 0 and its output is read; a non-zero exit is a :class:`TransportError` naming the exit code and the last
@@ -26,6 +27,7 @@ import time
 from typing import IO, Any
 
 from connector_core.formats import framing_of
+from connector_core.secrets import child_environment
 from connector_core.transports._lines import FirstLine, LineBuffer
 from connector_core.transports.base import ReadResult, TransportContext, TransportError
 from connector_core.transports.configs import CommandInputConfig
@@ -111,7 +113,7 @@ class CommandReader:
     # -------------------------------------------------------------------------------------------- internals
     def _start(self, position: int) -> None:
         self.close()
-        env = {**os.environ, **self._config.env}
+        env = child_environment(self._config.env)
         try:
             process = subprocess.Popen(
                 self._config.command,

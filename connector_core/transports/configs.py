@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from connector_core.secrets import EnvSecret, literal_secret_keys, refusal, url_credentials
 
 #: Bytes per batch of the byte transports by default: DuckDB parses and inserts a piece of this size on every core
 #: (a piece under ~30 MB runs on one), and the connector holds about one piece at a time.
@@ -18,6 +20,25 @@ TransportName = Literal["datagen", "file_input", "url_input", "kafka_input", "po
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def no_literal_secrets(values: dict[str, Any]) -> dict[str, Any]:
+    """The secret rule (``connector_core.secrets``) for a mapping of the project file: secret keys and URLs with
+    credentials only as ``{env: NAME}``."""
+    refused = literal_secret_keys(values)
+    if refused:
+        raise ValueError(refusal(refused))
+    return values
+
+
+def no_url_credentials(url: str) -> str:
+    """A URL of the project file may not carry credentials (they would be stored and printed with it)."""
+    if url_credentials(url):
+        raise ValueError(
+            "the URL carries credentials (user:password@); give them as {env: NAME} settings instead "
+            "(S3: aws_access_key_id and aws_secret_access_key; HTTP: headers: {Authorization: {env: NAME}})"
+        )
+    return url
 
 
 class DatagenField(_Config):
@@ -67,14 +88,18 @@ class FileInputConfig(_Config):
 class UrlInputConfig(_Config):
     """One HTTP GET; end of input when the body is read."""
 
-    path: str = Field(description="http(s) URL")
+    path: str = Field(description="http(s) URL, without credentials (give them in headers)")
     timeout_seconds: float = Field(default=30, gt=0)
-    headers: dict[str, Any] = Field(
-        default_factory=dict, description="Extra request headers; values may be {env: NAME}."
+    headers: dict[str, str | EnvSecret] = Field(
+        default_factory=dict,
+        description="Extra request headers; secret ones (Authorization, tokens, keys) only as {env: NAME}.",
     )
     chunk_size: int = Field(
         default=DEFAULT_CHUNK_SIZE, gt=0, description="Bytes per batch at most (pieces end at a newline)."
     )
+
+    _path = field_validator("path")(no_url_credentials)
+    _headers = field_validator("headers")(no_literal_secrets)
 
 
 class KafkaInputConfig(_Config):
@@ -156,11 +181,17 @@ class CommandInputConfig(_Config):
     """An external program writing records to stdout (JSON lines by default)."""
 
     command: list[str] = Field(min_length=1, description="argv; the program runs in the project folder")
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str | EnvSecret] = Field(
+        default_factory=dict,
+        description="Variables given to the program on top of a minimal environment (PATH, HOME, locale...: "
+        "connector_core.secrets.CHILD_ENVIRONMENT); secrets only as {env: NAME}.",
+    )
     chunk_size: int = Field(
         default=DEFAULT_CHUNK_SIZE, gt=0, description="Bytes per batch at most (pieces end at a newline)."
     )
     poll_timeout_seconds: float = Field(default=1.0, gt=0, description="Longest wait for output in one batch.")
+
+    _env = field_validator("env")(no_literal_secrets)
 
 
 TRANSPORT_CONFIG_MODELS: dict[str, type[BaseModel]] = {

@@ -26,10 +26,8 @@ _BLOCK = 1024 * 1024
 
 
 # ------------------------------------------------------------------------------------------------ reader
-def _header_value(value: Any) -> str:
-    if isinstance(value, dict) and set(value) == {"env"}:
-        return EnvSecret.model_validate(value).resolve()
-    return str(value)
+def _header_value(value: str | EnvSecret) -> str:
+    return value.resolve() if isinstance(value, EnvSecret) else value
 
 
 class UrlReader:
