@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 from dagster_duckdb import DuckDBResource
-from dagster_snowflake import SnowflakeResource
 from pydantic import Field
 
 from connector_core.pipeline import Pipeline
@@ -94,9 +92,13 @@ def connection_resource(settings: dict[str, Any]) -> dg.ConfigurableResource:
     if kind == "postgres":
         return PostgresResource(dsn=_secret(settings["dsn"]))
     if kind == "s3":
+        from dagster_aws.s3 import S3Resource  # imported when a pipeline has an S3 connection (it is slow to load)
+
         return S3Resource(**{k: _secret(v) for k, v in settings.items()})
     if kind == "snowflake":
         extra = {k: settings.pop(k) for k in ("host", "port", "protocol", "session_parameters") if k in settings}
+        from dagster_snowflake import SnowflakeResource  # imported when a pipeline has a Snowflake connection
+
         return SnowflakeResource(
             **{k: _secret(v) for k, v in settings.items()}, additional_snowflake_connection_args=extra or None
         )
@@ -152,6 +154,8 @@ class ResourceClients:
     def s3_client(self, connection: str | None) -> Any:
         """A boto3 S3 client of an s3 connection (``None``: the default AWS chain)."""
         if connection is None:
+            from dagster_aws.s3 import S3Resource
+
             return S3Resource().get_client()
         return self._resource(connection, "s3").get_client()
 
