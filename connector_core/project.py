@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -33,6 +32,7 @@ from connector_core.transports.configs import (
     no_literal_secrets,
     no_url_credentials,
 )
+from connector_core.yaml_loader import KeyPath, YamlProblem, key_path, line_index, load_yaml, paused_gc, read_text
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
 PROJECT_FILE_ENV = "CONNECTORS_PROJECT_FILE"
@@ -393,17 +393,6 @@ class ProjectFileError(ValueError):
         super().__init__(f"Invalid project file {self.path}:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def _key_path(location: tuple[Any, ...]) -> str:
-    """``('pipelines', 'example', 'tables', 'price', 'connectors', 1, 'x')`` -> ``pipelines.example...[1].x``."""
-    text = ""
-    for part in location:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += ("." if text else "") + str(part)
-    return text
-
-
 def _clean_location(location: tuple[Any, ...]) -> tuple[Any, ...]:
     """Drop pydantic's union-branch tags (``KafkaConnection``, ``str``...) from an error location."""
     tags = {"kafka", "postgres", "s3", "snowflake", "duckdb"}
@@ -420,35 +409,15 @@ def _clean_location(location: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(cleaned)
 
 
-def _line_index(text: str) -> dict[tuple[Any, ...], int]:
-    """Map each key path of a YAML document to its 1-based line number."""
-    lines: dict[tuple[Any, ...], int] = {}
-
-    def walk(node: yaml.Node, path: tuple[Any, ...]) -> None:
-        lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                key = key_node.value
-                lines[path + (key,)] = key_node.start_mark.line + 1
-                walk(value_node, path + (key,))
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                walk(item, path + (index,))
-
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return lines
-    if root is not None:
-        walk(root, ())
-    return lines
-
-
-def _line_of(lines: dict[tuple[Any, ...], int], location: tuple[Any, ...]) -> int | None:
-    for end in range(len(location), -1, -1):
-        if location[:end] in lines:
-            return lines[location[:end]]
-    return None
+def _with_lines(located: list[tuple[KeyPath, str]], text: str | None) -> list[str]:
+    """``key.path (line N): problem`` for each (key path, problem); the line is the key's, else the nearest
+    enclosing key's that is in ``text`` (none for a top-level key the file leaves out)."""
+    lines = line_index(text, [location for location, _ in located]) if text and located else {}
+    problems = []
+    for location, problem in located:
+        line = next((lines[location[:end]] for end in range(len(location), 0, -1) if location[:end] in lines), None)
+        problems.append(f"{key_path(location) or '(top level)'}{f' (line {line})' if line else ''}: {problem}")
+    return problems
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -461,20 +430,21 @@ def _describe(error: dict[str, Any]) -> str:
 
 
 def parse_project(data: Any, path: Path | str = "<memory>", text: str | None = None) -> Project:
-    """Validate already-loaded YAML data; raise :class:`ProjectFileError` naming every bad key path."""
+    """Validate already-loaded YAML data; raise :class:`ProjectFileError` naming every bad key path (and its line,
+    found in ``text`` when given, only once the data failed)."""
+    with paused_gc():  # the models of a large file are millions of young objects: see paused_gc
+        return _parse_project(data, path, text)
+
+
+def _parse_project(data: Any, path: Path | str, text: str | None) -> Project:
     try:
         project = Project.model_validate(data)
     except ValidationError as exc:
-        lines = _line_index(text) if text else {}
-        problems = []
-        for error in exc.errors():
-            location = _clean_location(tuple(error["loc"]))
-            line = _line_of(lines, location)
-            where = _key_path(location) or "(top level)"
-            problems.append(f"{where}{f' (line {line})' if line else ''}: {_describe(error)}")
-        raise ProjectFileError(path, list(dict.fromkeys(problems))) from None
+        located = [(_clean_location(tuple(error["loc"])), _describe(error)) for error in exc.errors()]
+        raise ProjectFileError(path, list(dict.fromkeys(_with_lines(located, text)))) from None
     project.source_path = Path(path) if path != "<memory>" else None
     problems = [problem for name, pipeline in project.pipelines.items() for problem in _graph_problems(name, pipeline)]
+    problems += _with_lines(_path_problems(project), text)
     if problems:
         raise ProjectFileError(path, problems)
     return project
@@ -488,14 +458,68 @@ def load_project(path: str | os.PathLike[str] | None = None) -> Project:
             chosen,
             [f"file not found; pass --project-file PATH or set {PROJECT_FILE_ENV} (default ./{DEFAULT_PROJECT_FILE})"],
         )
-    text = chosen.read_text()
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ProjectFileError(chosen, [f"not valid YAML: {exc}"]) from None
+        text = read_text(chosen)
+        data = load_yaml(text)
+    except YamlProblem as exc:
+        raise ProjectFileError(chosen, [str(exc)]) from None
     if not isinstance(data, dict):
         raise ProjectFileError(chosen, ["the file must be a mapping with a top-level 'pipelines' key"])
     return parse_project(data, chosen, text)
+
+
+# ----------------------------------------------------------------------------------------------------- paths
+def _path_problems(project: Project) -> list[tuple[KeyPath, str]]:
+    """State folders that cannot be, or that clash with a DuckDB file: (key path, why). Reads, never writes.
+
+    Refused: a ``state_dir`` (default ``.connectors``) that is a file or lies under one, that lies in an existing
+    pipeline state folder (one holding ``pipeline.sqlite``), or at/inside a pipeline's DuckDB file; a DuckDB
+    ``sink.path`` inside the state folder of any pipeline (``{state_dir}/{pipeline}``).
+    """
+    state_dir = project.resolve_state_dir().resolve()
+    problems = [(("state_dir",), problem) for problem in _state_dir_problems(state_dir)]
+    for name, pipeline in project.pipelines.items():
+        if not isinstance(pipeline.sink, DuckDBSink):
+            continue
+        location = ("pipelines", name, "sink", "path")
+        sink = (project.base_dir / pipeline.sink.path).resolve()
+        if state_dir.is_relative_to(sink):
+            problems.append(
+                (
+                    ("state_dir",),
+                    f"{state_dir} is at or inside the DuckDB file of pipeline {name} ({key_path(location)}: {sink}); "
+                    "keep state and warehouse apart",
+                )
+            )
+        for other in project.pipelines:
+            if sink.is_relative_to(state_dir / other):
+                problems.append(
+                    (
+                        location,
+                        f"{sink} lies inside the state folder of pipeline {other} ({state_dir / other}); put the "
+                        "DuckDB file outside it",
+                    )
+                )
+    return problems
+
+
+def _state_dir_problems(state_dir: Path) -> list[str]:
+    """Why ``state_dir`` cannot hold state: a file, under a file, or in another pipeline's state folder."""
+    try:
+        if state_dir.exists() and not state_dir.is_dir():
+            return [f"{state_dir} is a file, not a folder; point state_dir at a folder"]
+        existing = next(folder for folder in state_dir.parents if folder.exists())
+        if not state_dir.exists() and not existing.is_dir():
+            return [f"{state_dir} cannot be created: {existing} is a file, not a folder"]
+        for folder in (state_dir, *state_dir.parents):
+            if (folder / "pipeline.sqlite").is_file():
+                return [
+                    f"{state_dir} is inside the state folder of a pipeline ({folder} holds pipeline.sqlite); point "
+                    "state_dir at a folder of its own"
+                ]
+    except OSError:  # a folder that cannot be looked into: what uses the state says why
+        return []
+    return []
 
 
 # ---------------------------------------------------------------------------------------- start_after graph
@@ -505,43 +529,55 @@ def connector_labels(table: str, connector: ConnectorSpec) -> list[str]:
 
 
 def _graph_problems(pipeline_name: str, pipeline: PipelineSpec) -> list[str]:
-    """Find ``start_after`` cycles: connector A waits for a label carried by B, ... back to A."""
+    """Find ``start_after`` cycles: connector A waits for a label carried by B, ... back to A.
+
+    Depth-first, without recursion, over the graph of connectors and labels (connector -> each label it waits for
+    -> each connector carrying it), so the work grows with connectors + labels + start_after entries, however many
+    connectors carry or wait for one label.
+    """
     carriers: dict[str, list[str]] = {}
-    for table, connector in pipeline.iter_connectors():
-        for label in connector_labels(table, connector):
-            carriers.setdefault(label, []).append(f"{table}.{connector.name}")
-    waits: dict[str, list[tuple[str, str]]] = {}  # endpoint -> [(label, endpoint carrying it)]
+    waits: dict[str, list[str]] = {}
     for table, connector in pipeline.iter_connectors():
         endpoint = f"{table}.{connector.name}"
-        waits[endpoint] = [(label, c) for label in connector.start_after or [] for c in carriers.get(label, [])]
+        for label in connector_labels(table, connector):
+            carriers.setdefault(label, []).append(endpoint)
+        waits[endpoint] = connector.start_after or []
+
+    def following(node: tuple[bool, str]) -> Iterator[tuple[bool, str]]:  # (is a label, name)
+        is_label, name = node
+        if is_label:
+            return ((False, carrier) for carrier in carriers[name])
+        return ((True, label) for label in waits[name] if label in carriers)
 
     problems: list[str] = []
     reported: set[frozenset[str]] = set()
-    state: dict[str, int] = {}  # 0 = unseen, 1 = on the stack, 2 = done
-    stack: list[tuple[str, str]] = []  # (endpoint, label it waits for next)
-
-    def visit(endpoint: str) -> None:
-        state[endpoint] = 1
-        for label, other in waits[endpoint]:
-            stack.append((endpoint, label))
-            if state.get(other, 0) == 1:
-                start = next(i for i, (e, _) in enumerate(stack) if e == other)
-                loop = stack[start:]
-                key = frozenset(e for e, _ in loop)
-                if key not in reported:
-                    reported.add(key)
+    position: dict[tuple[bool, str], int] = {}  # a node's index on the current path; -1 once done
+    for start in waits:
+        if (False, start) in position:
+            continue
+        path, todo = [(False, start)], [following((False, start))]
+        position[path[0]] = 0
+        while todo:
+            node = next(todo[-1], None)
+            if node is None:
+                position[path.pop()] = -1
+                todo.pop()
+            elif node not in position:
+                position[node] = len(path)
+                path.append(node)
+                todo.append(following(node))
+            elif position[node] >= 0:
+                loop = path[position[node] :]
+                if loop[0][0]:  # start the loop at a connector
+                    loop = loop[1:] + loop[:1]
+                endpoints = [name for is_label, name in loop if not is_label]
+                if frozenset(endpoints) not in reported:
+                    reported.add(frozenset(endpoints))
                     steps = ", ".join(
-                        f"{e} waits for label {lbl!r} carried by {loop[(i + 1) % len(loop)][0]}"
-                        for i, (e, lbl) in enumerate(loop)
+                        f"{endpoint} waits for label {loop[2 * i + 1][1]!r} carried by "
+                        f"{endpoints[(i + 1) % len(endpoints)]}"
+                        for i, endpoint in enumerate(endpoints)
                     )
                     where = f"pipelines.{pipeline_name}.tables"
                     problems.append(f"{where}: start_after cycle: {steps}. Remove one of these start_after entries.")
-            elif state.get(other, 0) == 0:
-                visit(other)
-            stack.pop()
-        state[endpoint] = 2
-
-    for endpoint in waits:
-        if state.get(endpoint, 0) == 0:
-            visit(endpoint)
     return problems
