@@ -552,6 +552,59 @@ class ConnectorState(StateDB):
         """The newest events first."""
         return [dict(r) for r in self.query("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))]
 
+    def record_event(self, kind: str, message: str) -> None:
+        """Record one event (its ``source``: the identity row) in a transaction of its own."""
+        with self.transaction() as conn:
+            self._event(conn, kind, message)
+
+    def rewrite_ids(
+        self,
+        pipeline_id: str,
+        connector_id: str,
+        identity: dict[str, Any],
+        message: str,
+    ) -> int:
+        """Move this database onto other ids (a restore onto another pipeline/connector), in one transaction.
+
+        The old ids are the identity row's. Every text value of every table that holds one (the identity row, the
+        JSON ``source`` of events, messages, anything a later migration adds) gets the new id instead; ``identity``
+        (``name``, ``type``, ``metadata``, ``tags``) replaces the rest of the identity row; the connector is left
+        ``Paused``. Then it checks that the identity row holds the new ids and that no old id is left anywhere
+        (:class:`StateError` otherwise, nothing changed), and records an event ``restored`` with ``message`` (which
+        may name the old ids: where the data came from). Returns how many values were rewritten.
+        """
+        with self.transaction() as conn:
+            old = conn.execute("SELECT pipeline_id, connector_id FROM identity").fetchone()
+            if old is None:
+                raise StateError(f"{self.path} has no identity row")
+            moves = {a: b for a, b in ((old[0], pipeline_id), (old[1], connector_id)) if a != b}
+            if any(len(a) < 8 for a in moves):
+                raise StateError(f"{self.path}: refusing to rewrite ids as short as {sorted(moves)}")
+            columns = _text_columns(conn)
+            rewritten = 0
+            for table, column in columns:
+                for a, b in moves.items():
+                    rewritten += conn.execute(
+                        f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) WHERE instr("{column}", ?) > 0',
+                        (a, b, a),
+                    ).rowcount
+            conn.execute(
+                "UPDATE identity SET name = ?, type = ?, metadata = ?, tags = ?",
+                (identity["name"], identity["type"], json.dumps(identity["metadata"]), json.dumps(identity["tags"])),
+            )
+            conn.execute("INSERT OR REPLACE INTO runtime VALUES ('state', ?)", (str(RunState.PAUSED),))
+            stored = tuple(conn.execute("SELECT pipeline_id, connector_id FROM identity").fetchone())
+            left = [
+                f"{table}.{column}"
+                for table, column in columns
+                for a in moves
+                if conn.execute(f'SELECT 1 FROM "{table}" WHERE instr("{column}", ?) > 0 LIMIT 1', (a,)).fetchone()
+            ]
+            if stored != (pipeline_id, connector_id) or left:
+                raise StateError(f"{self.path}: the id rewrite left identity {stored} and old ids in {left}")
+            self._event(conn, "restored", message)  # it names the old ids: where the data came from
+            return rewritten
+
     def runtime(self, key: str) -> str | None:
         """One runtime value (``state``, ``start_after_released``)."""
         rows = self.query("SELECT value FROM runtime WHERE key = ?", (key,))
@@ -754,3 +807,145 @@ class StateStore:
         """A connector database (created when needed, unless ``create`` is false or it has no id yet)."""
         path = self.connector_path(pipeline, connector_id) if connector_id else None
         return ConnectorState(path, create=create, starts_paused=starts_paused, redact=self.redact)
+
+
+# ------------------------------------------------------------------------------------------------ backups
+#: How long a snapshot holds the write lock waiting for readers of an older snapshot to let its checkpoint take
+#: every WAL frame (well below the writers' busy timeout); then it gives up and the next check retries.
+SNAPSHOT_CHECKPOINT_TIMEOUT_SECONDS = 5.0
+#: How much of a private file (a snapshot, a downloaded backup) an integrity check maps into memory.
+CHECK_MMAP_BYTES = 1 << 30
+
+
+def _connect(path: Path, immutable: bool = False) -> sqlite3.Connection:
+    """A connection of the backup steps: to an existing file (never created), or immutable (no lock, no side file:
+    for a snapshot or a downloaded backup that nobody else writes)."""
+    uri = f"file:{path}?immutable=1" if immutable else f"file:{path}?mode=rw"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return conn
+
+
+def _text_columns(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """(table, column) of every column of text affinity (or no declared type) of the database's own tables."""
+    tables = [
+        r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%'")
+    ]
+    return [
+        (table, column[1])
+        for table in tables
+        for column in conn.execute(f'PRAGMA table_info("{table}")')
+        if not column[2] or any(word in column[2].upper() for word in ("CHAR", "CLOB", "TEXT"))
+    ]
+
+
+@contextlib.contextmanager
+def wal_snapshot(path: Path, timeout_seconds: float = SNAPSHOT_CHECKPOINT_TIMEOUT_SECONDS) -> Iterator[int]:
+    """A consistent snapshot of a live database as its main file (DESIGN §6): yields the snapshot's size; while the
+    block runs, the first ``size`` bytes of ``path`` are the whole database as of one instant and do not change,
+    whatever other connections and processes write meanwhile.
+
+    One connection takes the write lock (``BEGIN IMMEDIATE``: writers wait, readers go on); a second one runs
+    ``wal_checkpoint(PASSIVE)`` (once before the lock too, so that little is left to do under it) until every WAL
+    frame is in the main file (a reader of an older snapshot may hold some back for a moment), opens a read
+    transaction, and the write lock is released: writers then append to the WAL again, and while that read
+    transaction lasts no checkpoint writes into the main file (it holds the frames that the reader's snapshot reads
+    from the main file). Writers wait only for the checkpoint. A database in rollback-journal mode gets the same
+    guarantee from the read transaction's ``SHARED`` lock.
+
+    Read the main file from **another process** (``cp``): closing any descriptor of the file in this process would
+    drop the POSIX locks that every SQLite connection of this process holds on it (SQLite's "How To Corrupt", 2.2).
+    """
+    try:
+        writer, reader = _connect(path), _connect(path)
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot open {path} for a snapshot: {exc}") from exc
+    try:
+        reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # most frames, before writers have to wait
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            deadline = time.monotonic() + timeout_seconds
+            while True:
+                busy, frames, copied = reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if not busy and frames == copied:  # (0, -1, -1): not in WAL mode
+                    break
+                if time.monotonic() > deadline:
+                    raise StateError(
+                        f"cannot snapshot {path}: {copied} of {frames} WAL frames checkpointed after "
+                        f"{timeout_seconds:g} s (a long read holds the rest back); retry later"
+                    )
+                time.sleep(0.002)
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the read transaction starts here
+            size = reader.execute("PRAGMA page_size").fetchone()[0] * reader.execute("PRAGMA page_count").fetchone()[0]
+        finally:
+            writer.execute("ROLLBACK")
+        try:
+            yield size
+        finally:
+            reader.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot snapshot {path}: {exc}") from exc
+    finally:
+        writer.close()
+        reader.close()
+
+
+def integrity_problems(path: Path, quick: bool = False, max_errors: int = 20) -> list[str]:
+    """``PRAGMA integrity_check`` (``quick_check`` with ``quick``) of a database file nobody writes (a snapshot, a
+    downloaded backup: a private file, so it may be memory-mapped), opened immutable; an empty list when it is
+    sound."""
+    try:
+        conn = _connect(path, immutable=True)
+        try:
+            conn.execute(f"PRAGMA mmap_size = {CHECK_MMAP_BYTES}")  # pages read in place: ~20% faster
+            check = "quick_check" if quick else "integrity_check"
+            rows = [r[0] for r in conn.execute(f"PRAGMA {check}({int(max_errors)})").fetchall()]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return [f"not a readable SQLite database: {exc}"]
+    return [] if rows == ["ok"] else rows
+
+
+def stored_ids(path: Path) -> dict[str, Any]:
+    """The ids a database file keeps (read immutable, nothing written): ``{"kind": "connector", "pipeline_id",
+    "connector_id", "name", "type"}`` from a connector's identity row, or ``{"kind": "pipeline", "pipeline_id",
+    "connectors": {"table.connector": id}}`` from a pipeline database; :class:`StateError` for anything else."""
+    try:
+        conn = _connect(path, immutable=True)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "identity" in tables:
+                row = conn.execute("SELECT pipeline_id, connector_id, name, type FROM identity").fetchone()
+                if row is None:
+                    raise StateError(f"{path} has no identity row")
+                return dict(zip(("pipeline_id", "connector_id", "name", "type"), row, strict=True)) | {
+                    "kind": "connector"
+                }
+            if "app_state" in tables:
+                found = conn.execute("SELECT value FROM app_state WHERE key = 'pipeline_id'").fetchone()
+                rows = conn.execute("SELECT table_name, connector_name, connector_id FROM connectors").fetchall()
+                connectors = {f"{table}.{name}": connector_id for table, name, connector_id in rows}
+                return {"kind": "pipeline", "pipeline_id": found[0] if found else None, "connectors": connectors}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot read the ids of {path}: {exc}") from exc
+    raise StateError(f"{path} is neither a pipeline nor a connector state database")
+
+
+def replace_database(target: Path, source: Path) -> None:
+    """Make the existing database ``target`` hold the content of the database file ``source``, atomically for
+    every connection to it, in this process or another (SQLite's backup API writes it as one transaction of
+    ``target``; a file renamed over a database that others have open would not be seen by them, and its stale WAL
+    would be replayed onto it)."""
+    try:
+        src, dst = _connect(source, immutable=True), _connect(target)
+        try:
+            src.backup(dst)
+        finally:
+            src.close()
+            dst.close()
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot replace {target} with {source}: {exc}") from exc
