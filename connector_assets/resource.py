@@ -19,6 +19,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field, create_model
 
 from connector_assets.translator import table_asset_keys
+from connector_core.backups import restore_before_write, run_backup_check
 from connector_core.ingest import IngestSession, TableReport
 from connector_core.pipeline import Pipeline
 from connector_core.project import Project, load_project
@@ -118,7 +119,12 @@ class ConnectorsResource(dg.ConfigurableResource):
             )
         pipeline = self.open_pipeline()
         try:
-            with IngestSession(pipeline, self.clients(pipeline), log=context.log.info) as session:
+            clients = self.clients(pipeline)
+            restore_before_write(pipeline, clients)  # a lost state folder comes back before the run reads it
+            backups = run_backup_check(pipeline, clients)  # a run (re)starts its connectors: the 24-hour rule
+            if not backups.ok:
+                context.log.warning(f"backup check failed (the next check retries it): {backups.message}")
+            with IngestSession(pipeline, clients, log=context.log.info) as session:
                 for table, key in keys.items():
                     if key in context.selected_asset_keys:
                         yield self._ingest_table(

@@ -139,10 +139,11 @@ class ClientsOnFirstUse:
         return getattr(self._clients, name)
 
 
-def procedure(pipeline_name: str, call: Callable[[Lifecycle], Response], needs_connections: bool = False) -> NoReturn:
-    """Run one lifecycle procedure on a pipeline (with clients when it reaches connections), print it and exit."""
+def procedure(pipeline_name: str, call: Callable[[Lifecycle], Response]) -> NoReturn:
+    """Run one lifecycle procedure on a pipeline, print it and exit. Its clients are built on first use, so a
+    procedure that reaches no connection (nor an S3 backup store) never imports Dagster."""
 
     def run(pipeline: Pipeline) -> Response:
-        return call(Lifecycle(pipeline, ClientsOnFirstUse(pipeline) if needs_connections else None))
+        return call(Lifecycle(pipeline, ClientsOnFirstUse(pipeline)))
 
     respond(pipeline_name, run)

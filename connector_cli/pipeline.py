@@ -52,14 +52,14 @@ def pipeline_update_connection(connection: str, settings: tuple[str, ...]) -> No
     if connection not in connections:
         known = ", ".join(connections) or "none"
         raise click.UsageError(f"no connection {connection!r} in pipeline {pipeline_name}; connections: {known}")
-    procedure(pipeline_name, lambda lc: lc.update_connection(connection, values), needs_connections=True)
+    procedure(pipeline_name, lambda lc: lc.update_connection(connection, values))
 
 
 @pipeline_group.command("update-warehouse")
 @click.argument("warehouse")
 def pipeline_update_warehouse(warehouse: str) -> None:
     """Load through another warehouse (the pipeline must be PAUSED)."""
-    procedure(current_pipeline_name(), lambda lc: lc.update_warehouse(warehouse), needs_connections=True)
+    procedure(current_pipeline_name(), lambda lc: lc.update_warehouse(warehouse))
 
 
 def pipeline_stats_of(pipeline: Pipeline) -> dict[str, Any]:

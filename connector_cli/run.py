@@ -12,6 +12,7 @@ from __future__ import annotations
 import click
 
 from connector_cli.context import ClientsOnFirstUse, respond
+from connector_core.backups import restore_before_write
 from connector_core.ingest import IngestSession
 from connector_core.lifecycle import Response
 from connector_core.orchestration import RunSummary, run_pipeline
@@ -24,14 +25,17 @@ def _progress(line: str) -> None:
 
 
 def ingest_until_finished(pipeline: Pipeline, max_seconds: float | None) -> Response:
-    """Run the pipeline headless (at most ``max_seconds``) and answer its summary."""
+    """Run the pipeline headless (at most ``max_seconds``) and answer its summary; a lost state folder is restored
+    from its backups first (a refused backup answers ``INTERNAL_ERROR`` naming its key)."""
+    clients = ClientsOnFirstUse(pipeline)
+    restore_before_write(pipeline, clients)
     if not pipeline.is_started():
         return Response(
             ResponseCode.INVALID_CONNECTOR_STATUS,
             f"Invalid connector status. Expected status: [{Status.STARTED}]. Current status: {pipeline.state.status}. "
             "Nothing was ingested.",
         )
-    session = IngestSession(pipeline, ClientsOnFirstUse(pipeline), _progress)
+    session = IngestSession(pipeline, clients, _progress)
     try:
         summary = run_pipeline(pipeline, session, _progress, max_seconds)
     finally:
@@ -49,6 +53,7 @@ def summary_response(pipeline: Pipeline, summary: RunSummary) -> Response:
         "started_by_start_after": summary.released,
         "fatal_errors": summary.fatal_errors,
         "earlier_fatal_errors": summary.earlier_fatal_errors,
+        **({"backup_warning": summary.backup_warning} if summary.backup_warning else {}),
     }
     if not summary.fatal_errors:
         return Response(ResponseCode.OK, summary.stopped_reason, data)

@@ -30,13 +30,13 @@ def wizard_configure(settings: tuple[str, ...]) -> None:
 @wizard_group.command("connect")
 def wizard_connect() -> None:
     """Test every connection and the sink for real."""
-    procedure(current_pipeline_name(), lambda lc: lc.connect(), needs_connections=True)
+    procedure(current_pipeline_name(), lambda lc: lc.connect())
 
 
 @wizard_group.command("finalize")
 def wizard_finalize() -> None:
     """Create the sink tables and start the pipeline."""
-    procedure(current_pipeline_name(), lambda lc: lc.finalize(), needs_connections=True)
+    procedure(current_pipeline_name(), lambda lc: lc.finalize())
 
 
 @wizard_group.command("reset")
@@ -50,4 +50,4 @@ def wizard_reset() -> None:
 @click.option("--confirm-prerequisites", is_flag=True, help="Mark every prerequisite done (you confirm they are met).")
 def setup(pipeline_name: str, confirm_prerequisites: bool) -> None:
     """Run the whole wizard from the project file, non-interactively."""
-    procedure(pipeline_name, lambda lc: lc.setup(confirm_prerequisites), needs_connections=True)
+    procedure(pipeline_name, lambda lc: lc.setup(confirm_prerequisites))

@@ -724,6 +724,28 @@ def run_restore_missing(pipeline: Pipeline, clients: ConnectionClients | None = 
     return restore_missing(pipeline, store)
 
 
+def restore_before_write(pipeline: Pipeline, clients: ConnectionClients | None = None) -> RestoreReport | None:
+    """The automatic restore of DESIGN §6, called before a procedure or a run reads the state it will change: when
+    a state database of the pipeline is missing locally, :func:`run_restore_missing`; ``None`` when nothing is
+    missing (no request reaches the store). A backup that exists but is refused (corrupt, unreadable, wrong ids) or
+    a store that cannot be asked raises :class:`RestoreError` naming the key: nothing is created in its place, so
+    the next attempt can still restore it."""
+    handles = pipeline.connectors()
+    missing = not pipeline.state.path.exists() or any(
+        h.connector_id is None or not pipeline.store.connector_path(pipeline.name, h.connector_id).exists()
+        for h in handles
+    )
+    if not missing:
+        return None
+    report = run_restore_missing(pipeline, clients)
+    if not report.ok:
+        raise RestoreError(
+            f"pipeline {pipeline.name}: a missing state database could not be restored from {report.store}: "
+            + "; ".join(report.errors)
+        )
+    return report
+
+
 def list_backups(pipeline: Pipeline, store: BackupStore, now: dt.datetime | None = None) -> list[dict[str, Any]]:
     """The backups of the pipeline's prefix (``connectors backups P``): key, database, bytes, age in hours; one
     listing. Empty while the pipeline database does not exist."""

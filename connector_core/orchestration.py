@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from connector_core.backups import restore_before_write, run_backup_check
 from connector_core.ingest import BatchReport, IngestSession
 from connector_core.pipeline import ConnectorHandle, Pipeline
 
@@ -82,6 +83,8 @@ class RunSummary:
     fatal_errors: dict[str, str] = field(default_factory=dict)
     #: Connectors that were stopped on a fatal error before this run and that it left alone.
     earlier_fatal_errors: dict[str, str] = field(default_factory=dict)
+    #: Why the backup check at the start of the run failed (it never fails the run), else ``None``.
+    backup_warning: str | None = None
 
     @property
     def records(self) -> int:
@@ -112,6 +115,11 @@ def run_pipeline(
     """
     summary = RunSummary()
     ingested: set[str] = set()
+    restore_before_write(pipeline, session.clients)  # a lost state folder comes back before the run reads it
+    backups = run_backup_check(pipeline, session.clients)  # a (re)start checks the 24-hour rule
+    summary.backup_warning = None if backups.ok else pipeline.redact(backups.message)
+    if summary.backup_warning:
+        progress(f"backup check failed (the next check retries it): {summary.backup_warning}")
     if not pipeline.is_started():
         summary.stopped_reason = f"pipeline {pipeline.name} is {pipeline.state.status}, not STARTED: nothing ingested"
         progress(summary.stopped_reason)

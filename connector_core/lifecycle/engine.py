@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from connector_core.backups import RestoreError, restore_before_write, run_backup_check
 from connector_core.clients import ConnectionClients
 from connector_core.pipeline import ConnectorHandle, Pipeline
 from connector_core.project import Project
@@ -155,12 +156,24 @@ class ProcedureEngine:
             return refused
         try:
             with self.state.procedure_lock(self.lock_timeout_seconds):
+                restore_before_write(self.pipeline, self.clients)
                 response = self._run_locked(step)
         except ProcedureStopped as stop:
             response = stop.response
-        except StateError as exc:
+        except (StateError, RestoreError) as exc:
             response = Response(ResponseCode.INTERNAL_ERROR, str(exc))
         return response.redacted(self.pipeline.redact)
+
+    def _check_backups(self, response: Response) -> Response:
+        """After a (re)start: the 24-hour backup rule. What it uploaded, or why it failed, is added to the answer
+        (and recorded as an event); a failed upload never fails the procedure, the next check retries it."""
+        if response.ok:
+            report = run_backup_check(self.pipeline, self.clients)
+            if report.uploaded:
+                response.data["backups_uploaded"] = report.uploaded
+            if not report.ok:
+                response.data["backup_warning"] = self.pipeline.redact(report.message)
+        return response
 
     def _privileges_missing(self, state: StateDB | None = None) -> Response | None:
         """Phase 1: ``REQUIRED_PRIVILEGES_MISSING`` unless this process may write the (pipeline) state database."""

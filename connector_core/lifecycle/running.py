@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from connector_core.backups import RestoreError, restore_before_write
 from connector_core.lifecycle.engine import ProcedureEngine, ProcedureStopped, Response
 from connector_core.state import StateError
 from connector_core.vocabulary import ResponseCode, Status
@@ -47,7 +48,8 @@ class RunningProcedures(ProcedureEngine):
 
     def resume(self) -> Response:
         """PAUSED (or a stuck STARTING) → STARTING → STARTED; the sensor launches runs again."""
-        return self._switch("resume", Status.PAUSED, Status.STARTING, Status.STARTED, "pipeline resumed")
+        response = self._switch("resume", Status.PAUSED, Status.STARTING, Status.STARTED, "pipeline resumed")
+        return self._check_backups(response)
 
     def _switch(self, procedure: str, settled: Status, intermediate: Status, final: Status, message: str) -> Response:
         """From ``settled`` (or a stuck ``intermediate``, retried) through ``intermediate`` to ``final``; scheduling
@@ -90,6 +92,7 @@ class RunningProcedures(ProcedureEngine):
             refused = self._privileges_missing()
             if refused is not None:
                 return refused
+            restore_before_write(self.pipeline, self.clients)
             self.pipeline.ensure_created()
             refused = self._privileges_missing(handle.state)
             if refused is not None:
@@ -100,8 +103,8 @@ class RunningProcedures(ProcedureEngine):
                 handle.state.clear_fatal_error()
         except ProcedureStopped as stop:
             return stop.response
-        except StateError as exc:
-            return Response(ResponseCode.INTERNAL_ERROR, str(exc))
+        except (StateError, RestoreError) as exc:
+            return Response(ResponseCode.INTERNAL_ERROR, self.pipeline.redact(str(exc)))
         if running and fatal_error:
             message = f"connector {handle.endpoint} started again: its fatal error is cleared ({fatal_error})"
         elif changed:
@@ -119,8 +122,9 @@ class RunningProcedures(ProcedureEngine):
         )
 
     def start_connector(self, table: str, connector: str) -> Response:
-        """Set one connector Running (idempotent); it ingests while the pipeline is STARTED."""
-        return self._set_connector(table, connector, True)
+        """Set one connector Running (idempotent); it ingests while the pipeline is STARTED. A start checks the
+        24-hour backup rule."""
+        return self._check_backups(self._set_connector(table, connector, True))
 
     def pause_connector(self, table: str, connector: str) -> Response:
         """Set one connector Paused (idempotent)."""
