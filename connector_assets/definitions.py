@@ -18,6 +18,7 @@ from connector_assets.names import (
     connectors_resource_key,
     dagster_name,
     ingest_job_name,
+    lifecycle_job_name,
     pipeline_tags,
     sink_resource_key,
 )
@@ -28,6 +29,7 @@ from connector_core.pipeline import Pipeline
 from connector_core.project import Project, ProjectFileError, load_project
 from connector_core.state import StateError
 from resources import PipelineResources, build_pipeline_resources
+from schedules import build_backup_schedule
 from sensors import build_orchestration_sensor
 
 
@@ -78,7 +80,8 @@ def build_pipeline_definitions(
     translator: ConnectorsTranslator | None = None,
     hooks: Mapping[str, Hook] | None = None,
 ) -> dg.Definitions:
-    """Resources, table assets, ingest job, lifecycle jobs and orchestration sensor of one pipeline."""
+    """Resources, table assets, ingest job, lifecycle and backup jobs, orchestration sensor and backup schedule of
+    one pipeline."""
     problems = _resource_key_problems(project, pipeline_name)
     if problems:
         raise _invalid(project, problems)
@@ -98,9 +101,12 @@ def build_pipeline_definitions(
         description=f"Ingest one batch from each active connector of every table of pipeline {pipeline_name}.",
         tags=pipeline_tags(pipeline_name),
     )
+    lifecycle_jobs = build_lifecycle_jobs(pipeline_name, project, state_dir, hooks)
+    (backup_job,) = [job for job in lifecycle_jobs if job.name == lifecycle_job_name(pipeline_name, "backup")]
     return dg.Definitions(
         assets=[assets],
-        jobs=[ingest_job, *build_lifecycle_jobs(pipeline_name, project, state_dir, hooks)],
+        jobs=[ingest_job, *lifecycle_jobs],
+        schedules=[build_backup_schedule(pipeline_name, backup_job)],
         sensors=[build_orchestration_sensor(pipeline_name, project, state_dir, assets, ingest_job)],
         resources={connectors_resource_key(pipeline_name): connectors, **resources_by_key(pipeline_name, resources)},
     )
@@ -118,8 +124,9 @@ def build_definitions(
     overrides the file's (relative paths are relative to the project file). Per pipeline: one resource per
     connection plus the sink (``{pipeline}__{connection}``, ``{pipeline}__sink``) and the execution resource
     ``{pipeline}__connectors`` nesting them, the table assets (``{pipeline}__tables``), the asset job
-    ``{pipeline}__ingest``, the lifecycle jobs (``{pipeline}__{procedure}``) and the sensor
-    ``{pipeline}__orchestration``. ``hooks`` maps a pipeline to in-code lifecycle hooks. A bad project file
+    ``{pipeline}__ingest``, the lifecycle jobs (``{pipeline}__{procedure}``, ``{pipeline}__backup`` and
+    ``{pipeline}__restore`` among them), the sensor ``{pipeline}__orchestration`` and the schedule
+    ``{pipeline}__backups`` (hourly, running). ``hooks`` maps a pipeline to in-code lifecycle hooks. A bad project file
     raises one ``DagsterInvalidDefinitionError`` naming the file and the key paths.
     """
     project = load_project_for_dagster(project_file)

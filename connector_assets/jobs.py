@@ -4,6 +4,10 @@ Every op runs its procedure through ``connector_core.lifecycle.run_procedure``, 
 is the op's output (logged and attached as output metadata); any other response, ``INTERNAL_ERROR`` for a state
 database that cannot be opened included, fails the op with ``dg.Failure`` carrying the response as JSON metadata,
 without retries.
+
+The backup jobs call the same functions as ``connectors backup`` / ``connectors restore``
+(``Lifecycle.backup``, ``Lifecycle.restore``): ``{p}__backup`` (what
+the schedule ``{p}__backups`` launches) attaches its report per database as a table; a failed upload fails it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pydantic import Field
 
 from connector_assets.names import connectors_resource_key, lifecycle_job_name, lifecycle_op_name, pipeline_tags
 from connector_assets.resource import ConnectorsResource, with_signature
-from connector_core.lifecycle import Hook, Lifecycle, Response, run_procedure
+from connector_core.lifecycle import Hook, Lifecycle, Response, RestoreSource, run_procedure
 from connector_core.pipeline import Pipeline
 from connector_core.project import Project, parse_setting_value
 from connector_core.vocabulary import RECOVER_TARGETS, Status
@@ -90,6 +94,25 @@ class ConnectorConfig(dg.Config):
     connector: str = Field(description="Name of the connector inside the table.")
 
 
+class BackupConfig(dg.Config):
+    """Back up the pipeline's state databases by the 24-hour rule (what the schedule runs hourly)."""
+
+    force: bool = Field(
+        default=False, description="Upload every state database, however fresh its backup (else: max_age_hours)."
+    )
+
+
+class RestoreConfig(ConnectorConfig):
+    """Restore one Paused connector from the backup of another pipeline's connector, onto its own ids."""
+
+    from_pipeline: str = Field(description="The old pipeline id (its backups are under .../datahub/{id}/).")
+    from_connector: str = Field(description="The old connector id (.../connector/{id}/).")
+    from_org: str | None = Field(default=None, description="The old org_slug; empty: the pipeline's own.")
+    force: bool = Field(
+        default=False, description="Replace the sink mark the connector already has of its own (else refused)."
+    )
+
+
 def setting_values(values: Mapping[str, str]) -> dict[str, Any]:
     """Launchpad values (all text) as typed settings; see ``connector_core.project.parse_setting_value``."""
     return {key: parse_setting_value(value) for key, value in values.items()}
@@ -107,6 +130,34 @@ class Procedure:
     call: Call
     config: type[dg.Config] | None = None
     needs_connections: bool = False
+    #: More metadata of the op's output (or failure), from the response JSON.
+    metadata: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+
+#: The columns of the backup job's table of databases (``connectors/backups``).
+BACKUP_COLUMNS = {
+    "database": "string",
+    "key": "string",
+    "uploaded": "bool",
+    "reason": "string",
+    "bytes": "int",
+    "sha256": "string",
+    "age_hours": "float",
+    "error": "string",
+}
+
+
+def backup_metadata(answer: dict[str, Any]) -> dict[str, Any]:
+    """A backup report as metadata: one table row per database, and the counts of uploaded and failed ones."""
+    databases = answer.get("databases") or []
+    records = [dg.TableRecord({name: d.get(name) for name in BACKUP_COLUMNS}) for d in databases]
+    schema = dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in BACKUP_COLUMNS.items()])
+    return {
+        "connectors/backups": dg.MetadataValue.table(records, schema),
+        "connectors/uploaded": dg.MetadataValue.int(sum(1 for d in databases if d.get("uploaded"))),
+        "connectors/failed": dg.MetadataValue.int(sum(1 for d in databases if d.get("error"))),
+        "connectors/store": dg.MetadataValue.text(str(answer.get("store", ""))),
+    }
 
 
 PROCEDURES: tuple[Procedure, ...] = (
@@ -180,6 +231,23 @@ PROCEDURES: tuple[Procedure, ...] = (
         lambda lc, c: lc.pause_connector(c.table, c.connector),
         ConnectorConfig,
     ),
+    Procedure(
+        "backup",
+        "Back up every state database whose backup is missing or older than max_age_hours (force: all).",
+        lambda lc, c: lc.backup(c.force),
+        BackupConfig,
+        needs_connections=True,
+        metadata=backup_metadata,
+    ),
+    Procedure(
+        "restore",
+        "Restore a Paused connector from another pipeline's connector backup onto its own ids (sink mark moved).",
+        lambda lc, c: lc.restore(
+            c.table, c.connector, RestoreSource(c.from_pipeline, c.from_connector, c.from_org or None), c.force
+        ),
+        RestoreConfig,
+        needs_connections=True,
+    ),
 )
 
 
@@ -203,15 +271,16 @@ def _run_procedure(
     response = run_procedure(project, pipeline_name, call, state_dir)
     answer = response.as_dict()
     code, message = answer["response_code"], answer["message"]
+    more = procedure.metadata(answer) if procedure.metadata is not None else {}
     if not response.ok:
         context.log.error(f"{pipeline_name} {procedure.name}: {code}: {message}")
         raise dg.Failure(
             description=f"{code}: {message}",
-            metadata={"response": dg.MetadataValue.json(answer), "response_code": code},
+            metadata={"response": dg.MetadataValue.json(answer), "response_code": code, **more},
             allow_retries=False,
         )
     context.log.info(f"{pipeline_name} {procedure.name}: {code}: {message}")
-    metadata: dict[str, Any] = {"response": dg.MetadataValue.json(answer), "message": message}
+    metadata: dict[str, Any] = {"response": dg.MetadataValue.json(answer), "message": message, **more}
     for key in ("status", "configurationStatus"):
         if isinstance(answer.get(key), str):
             metadata[key] = answer[key]
@@ -265,7 +334,7 @@ def build_lifecycle_jobs(
 
     Procedures: ``wizard_prerequisites``, ``wizard_configure``, ``wizard_connect``, ``wizard_finalize``,
     ``wizard_reset``, ``setup``, ``pause``, ``resume``, ``recover``, ``update_connection``, ``update_warehouse``,
-    ``start_connector``, ``pause_connector``. Ops that reach connections take the pipeline's
+    ``start_connector``, ``pause_connector``, ``backup``, ``restore``. Ops that reach connections take the pipeline's
     :class:`ConnectorsResource` (key ``{pipeline}__connectors``). ``hooks`` are in-code validators/callbacks,
     winning over the project file's.
     """

@@ -19,13 +19,18 @@ def connector_group(ctx: click.Context, pipeline_name: str, table: str, connecto
     ctx.meta["connector"] = (table, connector)
 
 
+def checked_connector(pipeline_name: str, table: str, name: str) -> None:
+    """An unknown pipeline, table or connector is a usage error naming what exists."""
+    spec = pipeline_spec(pipeline_name)
+    with unknown_names_are_usage_errors():
+        spec.connector(table, name)
+
+
 def addressed_connector() -> tuple[str, str, str]:
     """``(pipeline, table, connector)`` of the running command; an unknown one is a usage error naming what exists."""
     meta = click.get_current_context().meta
     pipeline_name, (table, name) = meta["pipeline"], meta["connector"]
-    spec = pipeline_spec(pipeline_name)
-    with unknown_names_are_usage_errors():
-        spec.connector(table, name)
+    checked_connector(pipeline_name, table, name)
     return pipeline_name, table, name
 
 

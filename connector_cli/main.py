@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from connector_cli.backup import backup, backups, restore
 from connector_cli.connector import connector_group
 from connector_cli.context import CliState
 from connector_cli.pipeline import pipeline_group
@@ -35,11 +36,11 @@ from connector_core.project import DEFAULT_PROJECT_FILE, PROJECT_FILE_ENV
 )
 @click.pass_context
 def cli(ctx: click.Context, project_file: Path | None, state_dir: Path | None) -> None:
-    """Control connectors declared in connectors.yaml: lifecycle, wizard, stats and headless runs."""
+    """Control connectors declared in connectors.yaml: lifecycle, wizard, stats, headless runs and backups."""
     ctx.obj = CliState(project_file, state_dir)
 
 
-for command in (pipeline_group, connector_group, wizard_group, setup, run):
+for command in (pipeline_group, connector_group, wizard_group, setup, run, backup, backups, restore):
     cli.add_command(command)
 
 

@@ -61,6 +61,8 @@ PROCEDURES = [
     "update_warehouse",
     "start_connector",
     "pause_connector",
+    "backup",
+    "restore",
 ]
 
 

@@ -2,7 +2,7 @@
 
 Modules: ``engine`` (responses, hooks, the phases every procedure runs), ``wizard`` (prerequisites, configure,
 connect, finalize, reset, setup), ``running`` (status, pause, resume, recover, start/pause a connector) and
-``updates`` (update_connection, update_warehouse). :class:`Lifecycle` is all of them.
+``updates`` (update_connection, update_warehouse) and ``backups`` (backup, restore). :class:`Lifecycle` is all of them.
 
 Every procedure answers a :class:`Response`; ``Response.as_dict()`` is the JSON object users see:
 ``{"response_code": "OK", "message": ...}`` or an error code with a message. A procedure runs these phases in
@@ -24,15 +24,16 @@ pipeline goes to ERROR and the answer is ``UNKNOWN_ERROR_CODE``, naming ``recove
 
 from __future__ import annotations
 
+from connector_core.lifecycle.backups import BackupProcedures, RestoreSource
 from connector_core.lifecycle.engine import Hook, HookContext, Response, run_procedure
 from connector_core.lifecycle.running import RunningProcedures
 from connector_core.lifecycle.updates import UpdateProcedures
 from connector_core.lifecycle.wizard import WizardProcedures
 
-__all__ = ["Hook", "HookContext", "Lifecycle", "Response", "run_procedure"]
+__all__ = ["Hook", "HookContext", "Lifecycle", "Response", "RestoreSource", "run_procedure"]
 
 
-class Lifecycle(WizardProcedures, RunningProcedures, UpdateProcedures):
+class Lifecycle(WizardProcedures, RunningProcedures, UpdateProcedures, BackupProcedures):
     """The procedures of one pipeline: ``Lifecycle(pipeline, clients=None, hooks=None)``.
 
     ``clients`` reach the pipeline's connections (needed by connect, finalize and the updates); ``hooks`` maps

@@ -11,10 +11,14 @@ Beside the rows, a sink keeps one :class:`~connector_core.sinks.base.SinkMark` p
 
 and rolls back on any error. A sink database only fills a :class:`MarkDialect`: its placeholder, type names,
 timestamp function and how it counts the rows an ``UPDATE`` changed.
+
+A restore onto other ids (``connectors restore``) moves a connector's mark to its new id with :meth:`MarkTable.move`,
+one transaction too: the new id's own mark is refused unless replaced, so nothing is read twice or lost.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,6 +92,51 @@ class MarkTable:
             raise
         cursor.execute("COMMIT")
         return rows, mark
+
+    def move(self, cursor: Any, old_connector_id: str, new_connector_id: str, replace: bool = False) -> SinkMark | None:
+        """One transaction: the mark of ``old_connector_id`` becomes ``new_connector_id``'s (the row is renamed);
+        the moved mark, ``None`` when the old id has none (nothing changes then). The new id's own mark refuses the
+        move (:class:`SinkError`, nothing changed) unless ``replace``: then it is overwritten by the old one, and
+        kept when the old id has none. Rolled back on any error. The table must exist."""
+        if old_connector_id == new_connector_id:
+            return self.read(cursor, old_connector_id)
+        p = self.dialect.placeholder
+        cursor.execute("BEGIN")
+        try:
+            own = self.read(cursor, new_connector_id)
+            if own is not None and not replace:
+                raise SinkError(
+                    f"connector {new_connector_id} has a mark of its own (batch {own.batch_seq}, "
+                    f"{own.total_records} records): moving {old_connector_id}'s onto it would lose it; "
+                    "replace it (--force) or restore onto a connector that has ingested nothing"
+                )
+            moved = self.read(cursor, old_connector_id)
+            if moved is not None:
+                if own is not None:  # overwrite the new id's row, drop the old one: no key changes
+                    updates = ", ".join(f"{column} = {p}" for column in _quoted(_UPDATED))
+                    values = (json.dumps(moved.position), moved.batch_seq, moved.total_records, moved.total_bytes)
+                    cursor.execute(
+                        f'UPDATE {self.name} SET {updates}, "committed_at" = {self.dialect.now} '
+                        f'WHERE "connector_id" = {p}',
+                        (*values, new_connector_id),
+                    )
+                    self._one_row_changed(cursor, new_connector_id)
+                    cursor.execute(f'DELETE FROM {self.name} WHERE "connector_id" = {p}', (old_connector_id,))
+                else:
+                    cursor.execute(
+                        f'UPDATE {self.name} SET "connector_id" = {p} WHERE "connector_id" = {p}',
+                        (new_connector_id, old_connector_id),
+                    )
+                    self._one_row_changed(cursor, old_connector_id)
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        cursor.execute("COMMIT")
+        return None if moved is None else dataclasses.replace(moved, connector_id=new_connector_id)
+
+    def _one_row_changed(self, cursor: Any, connector_id: str) -> None:
+        if self.dialect.updated_rows(cursor) != 1:
+            raise SinkError(f"connector {connector_id}: its mark changed during the move; nothing moved")
 
     def _stored_seq(self, cursor: Any, mark: SinkMark) -> int | None:
         """The stored ``batch_seq`` of the mark's connector (``None``: no mark yet); :class:`SinkError` when
