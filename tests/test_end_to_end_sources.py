@@ -103,8 +103,12 @@ def test_every_networked_source_lands_once_through_the_cli(project: Path, postgr
 
     stats = connectors(project, "pipeline", "shop", "stats", "--format", "json")
     assert all(c["metrics"]["end_of_input"] for c in stats["connectors"])
-    databases = [p for p in project.parent.rglob("*") if p.name in ("pipeline.sqlite", "sqlite.db")]
+    databases = [p for p in (project.parent / ".connectors").rglob("*") if p.name in ("pipeline.sqlite", "sqlite.db")]
     assert len(databases) == 5, "one pipeline database and one per connector"
+    backups = [
+        p for p in (project.parent / ".connectors-backups").rglob("*") if p.name in ("pipeline.sqlite", "sqlite.db")
+    ]
+    assert len(backups) == 5, "the run's start backed each of them up"
     state_bytes = b"".join(p.read_bytes() for p in project.parent.rglob("*sql*") if p.is_file())  # with WAL files
     assert b"orders.history" in state_bytes, "the state databases were read"
     assert postgres_dsn.encode() not in state_bytes, "the DSN is a secret: only its variable's name is stored"
