@@ -44,7 +44,7 @@ from typing import Any
 import pyarrow as pa
 
 from connector_core.clients import ConnectionClients
-from connector_core.formats import JsonRoute, ParsedBatch, conform, empty_table, json_route, parse
+from connector_core.formats import JsonRoute, ParsedBatch, conform, empty_table, json_route, parse, screen_lines
 from connector_core.pipeline import ConnectorHandle, Pipeline
 from connector_core.project import Format, Processor
 from connector_core.secrets import child_environment
@@ -262,8 +262,8 @@ class IngestSession:
             )
 
         route = self._json_route(handle, result.data)
-        records = self._load_json_lines(handle, result.data, mark_for) if route is JsonRoute.SINK_LOADS else None
-        errors: list[tuple[int, str]] = []
+        loaded = self._load_json_lines(handle, result.data, mark_for) if route is JsonRoute.SINK_LOADS else None
+        records, errors = loaded if loaded is not None else (None, [])
         if records is None:
             parsed = self._records(handle, result, route)
             rows, errors = parsed.table, parsed.errors
@@ -290,13 +290,24 @@ class IngestSession:
 
     def _load_json_lines(
         self, handle: ConnectorHandle, data: bytes | memoryview | pa.Table | None, mark_for: Callable[[int], SinkMark]
-    ) -> int | None:
+    ) -> tuple[int, list[tuple[int, str]]] | None:
         """Hand JSON lines straight to the sink that reads JSON itself (route :attr:`JsonRoute.SINK_LOADS`: one
-        pass, no Arrow step); the records loaded, or ``None`` when the sink rejected a record (the batch then takes
-        the Arrow path)."""
+        pass, no Arrow step); the records loaded and the parse errors.
+
+        When the sink rejects a record, its reader's screen judges every record in one pass and the sink loads the
+        ones it lets through (dirty input costs one more pass, not a reader call per bad record). ``None`` when
+        the sink rejects one of those too: the batch then takes the Arrow path, whose search finds it."""
         json_sink = self._json_sink()
         assert json_sink is not None and isinstance(data, bytes | memoryview)
-        return json_sink.write_json_lines(handle.table, data, mark_for)
+        loaded = json_sink.write_json_lines(handle.table, data, mark_for)
+        if loaded is not None:
+            return loaded, []
+        screen = json_sink.json_reader(handle.table).screen
+        if screen is None:
+            return None
+        kept, errors = screen_lines(data, screen, self._table_schema(handle.table))
+        loaded = json_sink.write_json_lines(handle.table, memoryview(kept), mark_for)
+        return None if loaded is None else (loaded, errors)
 
     def _json_route(self, handle: ConnectorHandle, data: bytes | memoryview | pa.Table | None) -> JsonRoute:
         """Who reads this batch (:func:`connector_core.formats.json_route`); creates the table from its

@@ -140,6 +140,40 @@ def test_broken_json_array_keeps_the_elements_around_the_break() -> None:
     assert parsed.table.column("id").to_pylist() == [1, 3]
 
 
+def test_a_record_that_is_not_utf8_is_a_parse_error_of_that_record() -> None:
+    """pyarrow's JSON reader takes such bytes (the sink's insert would fail on them)."""
+    data = b'{"id": 1, "name": "a"}\n{"id": 2, "name": "b\xffc"}\n{"id": 3, "unused": "\xc3"}\n{"id": 4, "name": "\xc3\xa9"}\n'
+    parsed = parse(data, JSON, SCHEMA)
+    assert parsed.table.column("id").to_pylist() == [1, 4]
+    assert parsed.table.column("name").to_pylist() == ["a", "\u00e9"]
+    assert [index for index, _ in parsed.errors] == [1, 2]
+    assert all("UTF-8" in reason for _, reason in parsed.errors)
+
+
+def test_a_null_record_is_a_row_of_nulls_wherever_it_falls() -> None:
+    """pyarrow's reader crashes the process on a block that starts with ``null`` (apache/arrow#47409)."""
+    parsed = parse(b'null\n{"id": 1}\n  null \n', JSON, SCHEMA)
+    assert parsed.errors == [] and parsed.table.column("id").to_pylist() == [None, 1, None]
+    record = json.dumps({"id": 1, "name": "x" * 80}).encode() + b"\n"
+    big = record * 20_000 + b"null\n" * 50 + record * 20_000  # blocks of 1 MB: one starts among the nulls
+    parsed = parse(big, JSON, SCHEMA)
+    assert parsed.errors == [] and parsed.table.column("id").null_count == 50
+    assert parse(b"null\n" + big + b'{"id": "x"}\n', JSON, SCHEMA).table.num_rows == 40_051
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["well-formed", "broken"])
+def test_a_bad_byte_in_a_json_array_breaks_only_its_element(broken: bool) -> None:
+    elements = [json.dumps({"id": i, "name": f"n{i}"}).encode() for i in range(1_000)]
+    elements[500] = b'{"id": 500, "name": "n\xff"}'
+    if broken:
+        elements[700] = b'{"id": oops}'
+    parsed = parse(b"[" + b",\n".join(elements) + b"]", JSON, SCHEMA)
+    bad = [500, 700] if broken else [500]
+    assert [index for index, _ in parsed.errors] == bad
+    assert "UTF-8" in parsed.errors[0][1]
+    assert parsed.table.column("id").to_pylist() == [i for i in range(1_000) if i not in bad]
+
+
 def test_csv_header_and_bad_rows() -> None:
     data = b"name,id,price\nwidget,1,2.5\ngadget,two,3\n\nthing,3\nbolt,4,1\n"
     parsed = parse(data, CSV, SCHEMA, starts_object=True)

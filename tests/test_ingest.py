@@ -98,6 +98,35 @@ def test_the_duckdb_sink_reads_json_by_duckdb_s_rules_unless_the_arrow_reader_is
     pipeline.close()
 
 
+@pytest.mark.parametrize(
+    ("fmt", "body"),
+    [
+        ({"name": "json", "config": {"reader": "arrow"}}, b'{"id": 1}\n{"id": 2, "name": "b\xffc"}\n{"id": 3}\n'),
+        ({"name": "json"}, b'{"id": 1}\n{"id": 2, "name": "b\xffc"}\n{"id": 3}\n'),
+        ({"name": "json"}, b'[{"id": 1}, {"id": 2, "name": "b\xffc"}, {"id": 3}]'),
+        ({"name": "csv"}, b"id,name\n1,a\n2,b\xffc\n3,c\n"),
+    ],
+    ids=["json-arrow", "json-duckdb", "json-array", "csv"],
+)
+def test_a_record_that_is_not_utf8_is_a_parse_error_and_the_connector_moves_on(
+    tmp_path: Path, session_factory: Any, fmt: dict[str, Any], body: bytes
+) -> None:
+    """It used to reach DuckDB's insert, fail there behind "transaction is aborted" and stop the connector for good."""
+    (tmp_path / "in.dat").write_bytes(body)
+    connector = {"name": "file", "transport": {"name": "file_input", "config": {"path": "in.dat"}}, "format": fmt}
+    pipeline = open_pipeline(
+        tmp_path, {"t": {"columns": {"id": "BIGINT", "name": "VARCHAR"}, "connectors": [connector]}}
+    )
+    session = session_factory(pipeline)
+    batch = session.ingest_table("t").batches[0]
+    assert (batch.records, batch.parse_errors, batch.error, batch.end_of_input) == (2, 1, None, True)
+    assert sorted(session.sink.read_table("t")["id"]) == [1, 3]
+    handle = pipeline.connector("t", "file")
+    assert handle.state.position()[1] == 1 and handle.state.metrics().num_parse_errors == 1
+    assert [e["index"] for e in pipeline.stats(handle)["parse_errors"]] == [1]
+    pipeline.close()
+
+
 def test_duckdb_without_file_access_reads_json_with_pyarrow(tmp_path: Path) -> None:
     (tmp_path / "lines.json").write_text('{"id": 1}\n{"id": "12"}\n{"id": 2}\n')
     pipeline = open_pipeline(

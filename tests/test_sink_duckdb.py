@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -74,6 +75,39 @@ def test_a_failed_insert_stores_neither_rows_nor_mark(sink: DuckDBSink) -> None:
     bad = pa.table({"id": [2], "no_such_column": ["x"]})
     with keeps_only_the_first_batch(sink, "t", COLUMNS, rows([1])), pytest.raises(SinkError):
         sink.write("t", bad, SinkMark("c1", 2, 2, 2, 20))
+
+
+def test_a_failed_insert_reports_duckdb_s_first_error_and_leaves_the_sink_usable(sink: DuckDBSink) -> None:
+    """Not "transaction is aborted": unregistering the batch's view in the aborted transaction used to hide it."""
+    names = pa.array([b"n2", b"n\xff"], pa.binary()).cast(pa.string(), safe=False)  # as pyarrow's JSON reader gave
+    bad = pa.table({"id": [2, 3], "Name With Space": names, "price": [1.0, 2.0]}, schema=arrow_schema(COLUMNS))
+    with keeps_only_the_first_batch(sink, "t", COLUMNS, rows([1])):
+        with pytest.raises(SinkError, match="Invalid unicode") as raised:
+            sink.write("t", bad, SinkMark("c1", 2, 2, 3, 20))
+        assert "aborted" not in str(raised.value)
+    sink.write("t", rows([4]), SinkMark("c1", 2, 2, 2, 20))
+    assert sorted(sink.read_table("t")["id"]) == [1, 4]
+
+
+def test_every_failure_of_the_database_is_a_sink_error() -> None:
+    connection = {"now": duckdb.connect()}
+    sink = DuckDBSink(lambda: contextlib.nullcontext(connection["now"]))
+    sink.ensure_table("t", COLUMNS, None)
+    reader = sink.json_reader("t")
+    assert sink.reads_json() and reader.screen is not None
+    connection["now"].close()  # every call now fails in DuckDB
+    line = b'{"id": 1}\n'
+    for call in (
+        lambda: sink.mark("c9"),
+        lambda: sink.table_schema("t"),
+        lambda: sink.row_count("t"),
+        lambda: sink.write("t", rows([1]), SinkMark("c9", 1, 1, 1, 1)),
+        lambda: sink.write_json_lines("t", line, lambda n: SinkMark("c9", 1, 1, n, 1)),
+        lambda: reader.read(pa.py_buffer(line), None),
+        lambda: reader.screen(pa.array([line], pa.large_binary()), None),  # type: ignore[misc]
+    ):
+        with pytest.raises(SinkError, match="closed"):
+            call()
 
 
 def test_rows_already_inserted_are_rolled_back_when_the_mark_cannot_be_written(sink: DuckDBSink) -> None:

@@ -9,7 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 import pyarrow as pa
 
 from connector_core.column_types import Database
-from connector_core.formats import Reader
+from connector_core.formats import RecordReader
 
 
 def quote(identifier: str) -> str:
@@ -18,7 +18,8 @@ def quote(identifier: str) -> str:
 
 
 class SinkError(RuntimeError):
-    """A sink that cannot be reached or written."""
+    """A sink that cannot be reached or written (it carries the database's first error). Every failure of a sink
+    call leaves as one, never as the database client's own exception."""
 
 
 def column_definitions(
@@ -74,6 +75,12 @@ class Sink(Protocol):
         """The last committed mark of a connector (``None``: nothing committed yet)."""
         ...
 
+    def move_mark(self, old_connector_id: str, new_connector_id: str, replace: bool = False) -> SinkMark | None:
+        """Move ``old_connector_id``'s mark to ``new_connector_id`` in one sink transaction (a restore onto other
+        ids); the moved mark, ``None`` when the old id has none. :class:`SinkError` (nothing changed) when the new
+        id has a mark of its own and not ``replace``. See :meth:`connector_core.sinks.marks.MarkTable.move`."""
+        ...
+
     def write(self, table: str, rows: pa.Table, mark: SinkMark) -> None:
         """Append ``rows`` (already of the table's schema) and store ``mark``, in one transaction."""
         ...
@@ -98,10 +105,11 @@ class JsonReadingSink(Protocol):
 
     def write_json_lines(self, table: str, data: bytes | memoryview, mark_for: Callable[[int], SinkMark]) -> int | None:
         """Load the JSON lines of ``data`` into ``table`` and store ``mark_for(rows loaded)`` in one transaction;
-        return the rows loaded, or ``None`` (nothing written) when a record does not fit: parse them one by one
-        with :meth:`json_reader` then."""
+        return the rows loaded, or ``None`` (nothing written) when a record does not fit: the reader's screen
+        (:meth:`json_reader`) then finds the records that do not, and the others are loaded again."""
         ...
 
-    def json_reader(self, table: str) -> Reader:
-        """This sink's JSON-lines reader into ``table``'s columns, for :func:`connector_core.formats.parse`."""
+    def json_reader(self, table: str) -> RecordReader:
+        """This sink's JSON-lines reader into ``table``'s columns (and its screen), for
+        :func:`connector_core.formats.parse`."""
         ...

@@ -6,11 +6,15 @@ JSON lines, as bytes that DuckDB's own ``read_json`` parses and inserts in one p
 either way the connector's :class:`SinkMark` is stored in ``_connector_positions`` in the same DuckDB transaction, by
 the mark protocol of :mod:`connector_core.sinks.marks` (:data:`MARK_DIALECT`: DuckDB's words for it). Column types
 come from :mod:`connector_core.column_types`.
+
+Every DuckDB failure leaves as a :class:`SinkError` carrying DuckDB's first error (a cleanup after a failed
+statement never replaces it); a record DuckDB's JSON reader rejects leaves as :class:`RecordError`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import tempfile
@@ -21,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from connector_core.column_types import DUCKDB
-from connector_core.formats import Reader, RecordError
+from connector_core.formats import RecordError, RecordReader, Screen, int64_array, not_utf8
 from connector_core.sinks.base import SinkError, SinkMark, column_definitions, quote
 from connector_core.sinks.marks import POSITIONS_TABLE, MarkDialect, MarkTable
 
@@ -67,8 +72,8 @@ class DuckDBSink:
         self._positions_ready = False
         #: Marks this sink committed while it holds the file (DuckDB lets one process write it): no re-read.
         self._marks: dict[str, SinkMark] = {}
-        #: ``read_json`` columns of each table (``'name': 'TYPE', ...``), read once from the catalog.
-        self._column_types: dict[str, str] = {}
+        #: Columns of each table (name, DuckDB type) for its JSON reader, read once from the catalog.
+        self._columns: dict[str, list[tuple[str, str]]] = {}
         self._reads_json: bool | None = None
         global _swept
         if not _swept:
@@ -95,6 +100,14 @@ class DuckDBSink:
     def _name(self, table: str) -> str:
         return f"{quote(self.schema)}.{quote(table)}"
 
+    @contextlib.contextmanager
+    def _failing(self, action: str) -> Iterator[None]:
+        """DuckDB's error as a :class:`SinkError` naming ``action``."""
+        try:
+            yield
+        except duckdb.Error as exc:
+            raise SinkError(f"DuckDB sink: cannot {action}: {exc}") from exc
+
     def check(self) -> None:
         """Open a connection and run ``SELECT 1``."""
         try:
@@ -105,7 +118,7 @@ class DuckDBSink:
 
     def table_schema(self, table: str) -> pa.Schema | None:
         """The Arrow schema of ``table`` (``None`` when it does not exist)."""
-        with self.connect() as conn:
+        with self._failing(f"describe table {self._name(table)}"), self.connect() as conn:
             if not self._exists(conn, table):
                 return None
             return conn.sql(f"SELECT * FROM {self._name(table)} LIMIT 0").to_arrow_table().schema
@@ -132,7 +145,7 @@ class DuckDBSink:
 
     def drop_table(self, table: str) -> None:
         """``DROP TABLE IF EXISTS`` (the JSON reader's column list of the table is forgotten)."""
-        self._column_types.pop(table, None)
+        self._columns.pop(table, None)
         try:
             with self.connect() as conn:
                 conn.execute(f"DROP TABLE IF EXISTS {self._name(table)}")
@@ -143,11 +156,21 @@ class DuckDBSink:
         """The last committed mark of a connector."""
         if connector_id in self._marks:
             return self._marks[connector_id]
-        with self.connect() as conn:
+        with self._failing("read the connector position"), self.connect() as conn:
             try:
                 return self._marks_table.read(conn, connector_id)
             except duckdb.CatalogException:  # nothing was ever committed here
                 return None
+
+    def move_mark(self, old_connector_id: str, new_connector_id: str, replace: bool = False) -> SinkMark | None:
+        """Move a connector's mark to a new id in one DuckDB transaction (:meth:`MarkTable.move`); the cached
+        marks of both ids are forgotten. ``None`` when the old id has none or no mark was ever stored here."""
+        self._marks.pop(old_connector_id, None)
+        self._marks.pop(new_connector_id, None)
+        with self._failing("move a connector position"), self.connect() as conn:
+            if not self._exists(conn, POSITIONS_TABLE):
+                return None
+            return self._marks_table.move(conn, old_connector_id, new_connector_id, replace)
 
     def write(self, table: str, rows: pa.Table, mark: SinkMark) -> None:
         """Append ``rows`` and store ``mark`` in one transaction.
@@ -167,7 +190,7 @@ class DuckDBSink:
         """Whether DuckDB may read the scratch files of :meth:`write_json_lines` and :meth:`json_reader`: not when
         the database is configured with ``enable_external_access = false`` (then JSON goes through pyarrow)."""
         if self._reads_json is None:
-            with self.connect() as conn:
+            with self._failing("read its settings"), self.connect() as conn:
                 setting = conn.execute("SELECT current_setting('enable_external_access')").fetchall()[0][0]
             self._reads_json = str(setting).lower() not in ("false", "0")
         return self._reads_json
@@ -193,23 +216,84 @@ class DuckDBSink:
             except RecordError:
                 return None
 
-    def json_reader(self, table: str) -> Reader:
+    def json_reader(self, table: str) -> RecordReader:
         """DuckDB's ``read_json`` into ``table``'s columns, giving Arrow (the reader of the record-by-record
-        path when :meth:`write_json_lines` was refused, so that one batch follows one set of rules)."""
+        path when :meth:`write_json_lines` was refused, so that one batch follows one set of rules), with its
+        screen (:meth:`_json_screen`)."""
 
         def read(buffer: pa.Buffer, _schema: pa.Schema | None) -> pa.Table:
             # Records of any size (DuckDB's default limit is 16 MB a record; a larger limit slows its reader down,
             # so only this record-by-record path raises it).
             source = self._read_json_sql(table, largest_record=buffer.size + 1)
-            with _scratch_file(memoryview(buffer)) as path, self.connect() as conn, _rejected_records():
+            with (
+                self._failing(f"read JSON for {self._name(table)}"),
+                _scratch_file(memoryview(buffer)) as path,
+                self.connect() as conn,
+                _rejected_records(),
+            ):
                 return conn.sql(source(path)).to_arrow_table()
 
-        return read
+        return RecordReader(read, self._json_screen(table))
 
-    def _read_json_sql(self, table: str, largest_record: int = 0) -> Callable[[str], str]:
-        """``SELECT * FROM read_json(path, ...)`` with ``table``'s column types, as a function of the path."""
-        if table not in self._column_types:
-            with self.connect() as conn:
+    def _json_screen(self, table: str) -> Screen:
+        """The screen of :meth:`json_reader`: one query judges every record on its own with DuckDB's JSON
+        functions, ``read_json``'s own machinery (the records are scanned as Arrow strings). Rejected:
+        a record that is not UTF-8 or not JSON, one that is neither an object nor ``null``, and one with a value
+        that does not cast to its column's type (``TRY_CAST`` of the JSON value: ``read_json``'s casting rules).
+        What it lets through may still be rejected by the reader (a key twice); a byte order mark, which the reader
+        skips at the start of its input only, is left to it."""
+        space = "' ' || chr(9) || chr(10) || chr(13)"
+        is_object = f"(starts_with(j, '{{') OR starts_with(ltrim(j, {space}), '{{') OR trim(j, {space}) = 'null')"
+        # JSON text casts to VARCHAR whatever it is: only the other columns can fail.
+        typed = [(quote(name), name, kind) for name, kind in self._described(table) if kind not in _TAKES_ANY_JSON]
+        fails = [f"r.{column} IS NOT NULL AND TRY_CAST(r.{column} AS {kind}) IS NULL" for column, _, kind in typed]
+        why = [
+            f"{_literal(f'JSON transform error: Failed to cast value to {kind} (column {name}): ')}"
+            f" || left(r.{column}::VARCHAR, 200)"
+            for column, name, kind in typed
+        ]
+        raw = _literal(json.dumps({name: "JSON" for _, name, _ in typed}))
+        structure = f"CASE WHEN ok THEN json_transform(j, {raw}) END" if typed else "NULL"
+
+        checked = (
+            f"SELECT n, j, ok, {structure} AS r FROM (SELECT n, j, json_valid(j) AS ok"
+            " FROM (SELECT n, ltrim(j, chr(65279)) AS j FROM records))"
+        )
+        # Cheap tests pick the rejected records; the reasons are written for those only.
+        picked = f"SELECT * FROM ({checked}) WHERE NOT ok OR NOT {is_object}" + "".join(
+            f" OR ({fail})" for fail in fails
+        )
+        sql = (
+            f"SELECT n, CASE WHEN NOT ok THEN 'Malformed JSON' WHEN NOT {is_object} THEN 'JSON transform error: "
+            f"Expected OBJECT, but got ' || json_type(j) || ': ' || left(trim(j, {space}), 200)"
+            + "".join(f" WHEN {fail} THEN {reason}" for fail, reason in zip(fails, why, strict=True))
+            + f" END FROM ({picked})"
+        )
+
+        def screen(records: pa.LargeBinaryArray, _schema: pa.Schema | None) -> list[tuple[int, str]]:
+            broken = not_utf8(records)
+            kept = np.flatnonzero(~broken)
+            rejected = [(int(at), "Malformed JSON: invalid UTF-8 encoding") for at in np.flatnonzero(broken)]
+            if rejected:
+                records = records.take(int64_array(kept))
+            positions, lines = int64_array(kept), records.view(pa.large_string())
+            batches = [  # several batches: DuckDB scans them on every core
+                pa.RecordBatch.from_arrays(
+                    [positions.slice(at, _SCREEN_BATCH), lines.slice(at, _SCREEN_BATCH)], ["n", "j"]
+                )
+                for at in range(0, len(kept), _SCREEN_BATCH)
+            ]
+            records_table = pa.Table.from_batches(batches, schema=_SCREEN_SCHEMA)
+            with self._failing(f"screen JSON records for {self._name(table)}"), self.connect() as conn:
+                rejected += conn.from_arrow(records_table).query("records", sql).fetchall()
+            return sorted(rejected)
+
+        return screen
+
+    def _described(self, table: str) -> list[tuple[str, str]]:
+        """``table``'s columns and their DuckDB types, read once from the catalog."""
+        if table not in self._columns:
+            with self._failing(f"describe table {self._name(table)}"), self.connect() as conn:
                 described = conn.execute(
                     "SELECT column_name, data_type FROM information_schema.columns "
                     "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
@@ -217,8 +301,12 @@ class DuckDBSink:
                 ).fetchall()
             if not described:
                 raise SinkError(f"DuckDB table {self._name(table)} does not exist")
-            self._column_types[table] = ", ".join(f"{_literal(name)}: {_literal(kind)}" for name, kind in described)
-        columns = self._column_types[table]
+            self._columns[table] = [(str(name), str(kind)) for name, kind in described]
+        return self._columns[table]
+
+    def _read_json_sql(self, table: str, largest_record: int = 0) -> Callable[[str], str]:
+        """``SELECT * FROM read_json(path, ...)`` with ``table``'s column types, as a function of the path."""
+        columns = ", ".join(f"{_literal(name)}: {_literal(kind)}" for name, kind in self._described(table))
         limit = f", maximum_object_size = {largest_record}" if largest_record > _DEFAULT_LARGEST_RECORD else ""
 
         def sql(path: str) -> str:
@@ -251,12 +339,13 @@ class DuckDBSink:
             raise SinkError(f"cannot write DuckDB table {self._name(table)}: {exc}") from exc
 
     def _insert(self, conn: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
+        """Insert ``rows`` through a registered view, inside the write transaction. When the insert fails, the
+        view goes with the rollback: DuckDB refuses to unregister it in the aborted transaction, and that error
+        would hide the insert's."""
         view = f"_batch_{uuid.uuid4().hex}"
         conn.register(view, rows)
-        try:
-            conn.execute(f"INSERT INTO {self._name(table)} BY NAME SELECT * FROM {quote(view)}")
-        finally:
-            conn.unregister(view)
+        conn.execute(f"INSERT INTO {self._name(table)} BY NAME SELECT * FROM {quote(view)}")
+        conn.unregister(view)
 
     @contextlib.contextmanager
     def _unordered(self, conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
@@ -268,19 +357,22 @@ class DuckDBSink:
         conn.execute("SET preserve_insertion_order = false")
         try:
             yield
-        finally:
-            conn.execute("RESET preserve_insertion_order")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):  # the write's own error is the one to report
+                conn.execute("RESET preserve_insertion_order")
+            raise
+        conn.execute("RESET preserve_insertion_order")
 
     def row_count(self, table: str) -> int:
         """Rows in ``table`` (0 when it does not exist)."""
-        with self.connect() as conn:
+        with self._failing(f"count rows of {self._name(table)}"), self.connect() as conn:
             if not self._exists(conn, table):
                 return 0
             return conn.execute(f"SELECT count(*) FROM {self._name(table)}").fetchall()[0][0]
 
     def read_table(self, table: str) -> Any:
         """The whole table as a pandas DataFrame."""
-        with self.connect() as conn:
+        with self._failing(f"read {self._name(table)}"), self.connect() as conn:
             return conn.sql(f"SELECT * FROM {self._name(table)}").df()
 
 
@@ -289,6 +381,11 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+#: Records per Arrow batch handed to the screen's query.
+_SCREEN_BATCH = 32_768
+_SCREEN_SCHEMA = pa.schema([("n", pa.int64()), ("j", pa.large_string())])
+#: Column types any JSON value casts to (the screen of :meth:`DuckDBSink.json_reader` need not try them).
+_TAKES_ANY_JSON = ("VARCHAR", "JSON")
 #: DuckDB's ``read_json`` default ``maximum_object_size``.
 _DEFAULT_LARGEST_RECORD = 16 << 20
 #: Where JSON pieces are written for DuckDB's reader, in order of preference: memory-backed when the machine has
@@ -343,7 +440,8 @@ def _scratch_file(data: bytes | memoryview) -> Iterator[str]:
     try:
         yield path
     finally:
-        os.unlink(path)
+        with contextlib.suppress(OSError):  # never hides the reader's own error
+            os.unlink(path)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,9 @@ table from that file (``PURGE``: the staged file goes once loaded), updates the 
 rolled back. No row ever becomes a Python object. Identifiers are always double-quoted, so table and column names
 keep the case written in ``connectors.yaml`` (columns are matched by name without regard to case, so a table must
 not hold two columns whose names differ only in case). Column types come from :mod:`connector_core.column_types`.
+
+Every failure leaves as a :class:`SinkError` carrying the first error. Records that are not UTF-8 never get here:
+the formats make them parse errors (a Parquet file would take them, and ``COPY INTO`` fail on them).
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ class SnowflakeSink:
 
     @contextmanager
     def _cursor(self, action: str) -> Iterator[Any]:
-        """A cursor on a fresh connection (warehouse selected); any connector error becomes a SinkError."""
+        """A cursor on a fresh connection (warehouse selected). Any failure (the connector's, the batch's Parquet
+        file's) becomes a :class:`SinkError` carrying the first error: closing the cursor after it never hides it."""
         import snowflake.connector.errors as sf_errors
 
         try:
@@ -68,9 +72,12 @@ class SnowflakeSink:
                     if self.warehouse:
                         cursor.execute(f"USE WAREHOUSE {quote(self.warehouse)}")
                     yield cursor
-                finally:
-                    cursor.close()
-        except sf_errors.Error as exc:
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        cursor.close()
+                    raise
+                cursor.close()
+        except (sf_errors.Error, OSError, pa.ArrowException) as exc:
             raise SinkError(f"Snowflake sink {self.database}.{self.schema}: cannot {action}: {exc}") from exc
 
     def check(self) -> None:
@@ -132,6 +139,14 @@ class SnowflakeSink:
             if not self._columns(cursor, POSITIONS_TABLE):
                 return None
             return self._marks(cursor).read(cursor, connector_id)
+
+    def move_mark(self, old_connector_id: str, new_connector_id: str, replace: bool = False) -> SinkMark | None:
+        """Move a connector's mark to a new id in one Snowflake transaction (:meth:`MarkTable.move`); ``None``
+        when the old id has none or the positions table does not exist."""
+        with self._cursor("move a connector position") as cursor:
+            if not self._columns(cursor, POSITIONS_TABLE):
+                return None
+            return self._marks(cursor).move(cursor, old_connector_id, new_connector_id, replace)
 
     def write(self, table: str, rows: pa.Table, mark: SinkMark) -> None:
         """Append ``rows`` and store ``mark`` in one transaction (``BEGIN`` ... ``COMMIT``, :meth:`MarkTable.commit`).
