@@ -18,6 +18,7 @@ one transaction too: the new id's own mark is refused unless replaced, so nothin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Callable
@@ -88,7 +89,7 @@ class MarkTable:
             mark = mark_for(rows)
             self._store(cursor, mark, stored_seq)
         except BaseException:
-            cursor.execute("ROLLBACK")
+            _roll_back(cursor)
             raise
         cursor.execute("COMMIT")
         return rows, mark
@@ -129,7 +130,7 @@ class MarkTable:
                     )
                     self._one_row_changed(cursor, old_connector_id)
         except BaseException:
-            cursor.execute("ROLLBACK")
+            _roll_back(cursor)
             raise
         cursor.execute("COMMIT")
         return None if moved is None else dataclasses.replace(moved, connector_id=new_connector_id)
@@ -189,3 +190,10 @@ def _first_row(cursor: Any) -> Any:
     """The first row of the last result (``None``: none), read to its end (DuckDB wants a result finished)."""
     rows = cursor.fetchall()
     return rows[0] if rows else None
+
+
+def _roll_back(cursor: Any) -> None:
+    """``ROLLBACK`` after a failure; if the rollback fails too (a connection the database invalidated), the first
+    error stays the one raised."""
+    with contextlib.suppress(Exception):
+        cursor.execute("ROLLBACK")
