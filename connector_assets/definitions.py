@@ -87,6 +87,8 @@ def build_pipeline_definitions(
         raise _invalid(project, problems)
     try:
         pipeline = Pipeline(project, pipeline_name, state_dir)
+    except ProjectFileError as error:  # a state_dir override (the component's) that cannot hold state
+        raise dg.DagsterInvalidDefinitionError(str(error)) from None
     except StateError as error:
         raise dg.DagsterInvalidDefinitionError(f"pipeline {pipeline_name}: {error}") from None
     try:

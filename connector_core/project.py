@@ -378,9 +378,22 @@ class Project(Strict):
         return self.source_path.parent if self.source_path else Path.cwd()
 
     def resolve_state_dir(self, override: str | os.PathLike[str] | None = None) -> Path:
-        """The state directory: an explicit override, else ``state_dir`` from the file, else ``.connectors``."""
+        """The state directory: an explicit override, else ``state_dir`` from the file, else ``.connectors``.
+
+        An override (``--state-dir``, a component's ``state_dir``) is checked like the file's ``state_dir`` is when
+        the file loads; a :class:`ProjectFileError` names it and the reason.
+        """
         chosen = Path(override or self.state_dir or ".connectors")
-        return chosen if chosen.is_absolute() else self.base_dir / chosen
+        resolved = chosen if chosen.is_absolute() else self.base_dir / chosen
+        if override is not None:
+            problems = _state_dir_problems(resolved.resolve()) + [
+                problem for where, problem in _sink_clashes(self, resolved.resolve()) if where == ("state_dir",)
+            ]
+            if problems:
+                raise ProjectFileError(
+                    self.source_path or "<memory>", [f"state_dir (given as {override}): {p}" for p in problems]
+                )
+        return resolved
 
 
 # ---------------------------------------------------------------------------------------------------- errors
@@ -477,7 +490,12 @@ def _path_problems(project: Project) -> list[tuple[KeyPath, str]]:
     ``sink.path`` inside the state folder of any pipeline (``{state_dir}/{pipeline}``).
     """
     state_dir = project.resolve_state_dir().resolve()
-    problems = [(("state_dir",), problem) for problem in _state_dir_problems(state_dir)]
+    return [(("state_dir",), problem) for problem in _state_dir_problems(state_dir)] + _sink_clashes(project, state_dir)
+
+
+def _sink_clashes(project: Project, state_dir: Path) -> list[tuple[KeyPath, str]]:
+    """A state folder at/inside a pipeline's DuckDB file, or a DuckDB file inside a pipeline's state folder."""
+    problems: list[tuple[KeyPath, str]] = []
     for name, pipeline in project.pipelines.items():
         if not isinstance(pipeline.sink, DuckDBSink):
             continue

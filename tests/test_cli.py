@@ -234,7 +234,7 @@ def test_a_state_database_that_cannot_be_opened_answers_internal_error(
     assert answer["response_code"] == "INTERNAL_ERROR" and "cannot open pipeline demo" in answer["message"]
 
 
-def test_an_unwritable_state_dir_answers_privileges_missing_without_traceback(demo: Cli, tmp_path: Path) -> None:
+def test_a_state_dir_under_a_file_is_refused_naming_it_without_traceback(demo: Cli, tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     result = CliRunner().invoke(
@@ -243,7 +243,8 @@ def test_an_unwritable_state_dir_answers_privileges_missing_without_traceback(de
     assert_clean(result)
     assert result.exit_code == 1
     answer = json.loads(result.stdout)
-    assert answer["response_code"] == "REQUIRED_PRIVILEGES_MISSING" and "not-a-dir" in answer["message"]
+    assert answer["response_code"] == "INTERNAL_ERROR" and "not-a-dir" in answer["message"]
+    assert "state_dir" in answer["message"] and "is a file, not a folder" in answer["message"]
 
 
 def test_an_unexpected_exception_answers_internal_error(demo: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
