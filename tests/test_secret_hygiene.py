@@ -177,3 +177,28 @@ def test_child_programs_get_a_minimal_environment(tmp_path: Path, monkeypatch: p
                 }
             }
         )
+
+
+def test_command_processors_get_a_minimal_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+
+    from connector_core.ingest import load_processor
+    from connector_core.pipeline import Pipeline
+    from connector_core.project import Processor
+
+    monkeypatch.setenv("UNRELATED_SECRET", "do-not-pass")
+    monkeypatch.setenv("CHILD_TOKEN", "given-on-purpose")
+    script = (
+        "import json, os, sys\n"
+        "for line in sys.stdin:\n"
+        "    print(json.dumps({**json.loads(line), 'names': ' '.join(sorted(os.environ))}))\n"
+    )
+    project = parse_project(
+        {"pipelines": {"p": {"tables": {"t": {"connectors": [{"name": "c", "transport": {"name": "datagen"}}]}}}}}
+    )
+    processor = Processor(
+        kind="command", command=[sys.executable, "-c", script], env={"MODE": "x", "API_TOKEN": {"env": "CHILD_TOKEN"}}
+    )
+    step = load_processor(processor, Pipeline(project, "p", tmp_path / "state"))
+    names = set(step(pa.table({"n": [1, 2], "names": ["", ""]})).column("names")[0].as_py().split())
+    assert {"MODE", "API_TOKEN", "PATH"} <= names and not names & {"UNRELATED_SECRET", "CHILD_TOKEN"}
