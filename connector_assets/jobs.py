@@ -25,7 +25,7 @@ from connector_assets.names import connectors_resource_key, lifecycle_job_name, 
 from connector_assets.resource import ConnectorsResource, with_signature
 from connector_core.lifecycle import Hook, Lifecycle, Response, RestoreSource, run_procedure
 from connector_core.pipeline import Pipeline
-from connector_core.project import Project, parse_setting_value
+from connector_core.project import PipelineSpec, Project, parse_setting_value
 from connector_core.vocabulary import RECOVER_TARGETS, Status
 
 
@@ -129,7 +129,9 @@ class Procedure:
     description: str
     call: Call
     config: type[dg.Config] | None = None
-    needs_connections: bool = False
+    #: Whether the op reaches the pipeline's connections (then it takes its ``ConnectorsResource``), or a function
+    #: of the pipeline's spec deciding it (the backup job needs them only for an S3 store).
+    needs_connections: bool | Callable[[PipelineSpec], bool] = False
     #: More metadata of the op's output (or failure), from the response JSON.
     metadata: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
@@ -236,7 +238,7 @@ PROCEDURES: tuple[Procedure, ...] = (
         "Back up every state database whose backup is missing or older than max_age_hours (force: all).",
         lambda lc, c: lc.backup(c.force),
         BackupConfig,
-        needs_connections=True,
+        needs_connections=lambda spec: spec.backup.bucket is not None,  # a folder store needs no connection
         metadata=backup_metadata,
     ),
     Procedure(
@@ -304,7 +306,8 @@ def _build_job(
     parameters: dict[str, Any] = {"context": dg.OpExecutionContext}
     if procedure.config is not None:
         parameters["config"] = procedure.config
-    if procedure.needs_connections:
+    needs = procedure.needs_connections
+    if needs(project.pipeline(pipeline_name)) if callable(needs) else needs:
         parameters[resource_key] = ConnectorsResource
     op = dg.op(
         name=lifecycle_op_name(pipeline_name, procedure.name),

@@ -387,3 +387,16 @@ def test_cli_restore_moves_a_connector_onto_a_new_pipeline_and_nothing_is_read_t
     assert sink_marks(new.project) == {new_ids["numbers.running"]: (3, 5)}
     stats = new.json("connector", "demo", "numbers", "running", "stats", "--format", "json")
     assert stats["metrics"]["total_records"] == 5 and stats["metrics"]["end_of_input"] is True
+
+
+def test_a_folder_backup_job_needs_no_connection(
+    tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("UNSET_PG_DSN", raising=False)
+    connections = {"pg": {"kind": "postgres", "dsn": {"env": "UNSET_PG_DSN"}}}  # its secret is not set here
+    project_file = write_project(tmp_path / "connectors.yaml", connections=connections)
+    lifecycle = Cli(project_file)
+    lifecycle.json("wizard", "demo", "prerequisites", "--complete")
+    result = run_job(build_definitions(project_file), instance, "backup", BackupConfig(force=True))
+    assert result.success, "an unset connection secret does not stop the backup to a folder"
+    assert output_metadata(result)["connectors/uploaded"].value == 3
