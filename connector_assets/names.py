@@ -16,6 +16,10 @@ PIPELINE_TAG = "connectors/pipeline"
 TABLE_TAG = "connectors/table"
 #: Run and op tag naming the lifecycle procedure of a job.
 PROCEDURE_TAG = "connectors/procedure"
+#: Run tag set to ``failed`` when the backup check at the start of an ingest run could not upload (the run goes on).
+BACKUP_CHECK_TAG = "connectors/backup_check"
+#: Materialization metadata carrying that failed check's message.
+BACKUP_WARNING_KEY = "connectors/backup_warning"
 #: Asset spec metadata naming the pipeline and the table an asset stands for (the sensor and the execution
 #: resource find a table's asset key through them, whatever key the translator chose).
 PIPELINE_METADATA_KEY = "connectors/pipeline"

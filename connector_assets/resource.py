@@ -18,6 +18,7 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 from pydantic import Field, create_model
 
+from connector_assets.names import BACKUP_CHECK_TAG, BACKUP_WARNING_KEY
 from connector_assets.translator import table_asset_keys
 from connector_core.backups import restore_before_write, run_backup_check
 from connector_core.ingest import IngestSession, TableReport
@@ -121,21 +122,32 @@ class ConnectorsResource(dg.ConfigurableResource):
         try:
             clients = self.clients(pipeline)
             restore_before_write(pipeline, clients)  # a lost state folder comes back before the run reads it
-            backups = run_backup_check(pipeline, clients)  # a run (re)starts its connectors: the 24-hour rule
-            if not backups.ok:
-                context.log.warning(f"backup check failed (the next check retries it): {backups.message}")
+            backup_warning = self._check_backups(context, pipeline, clients)
             with IngestSession(pipeline, clients, log=context.log.info) as session:
                 for table, key in keys.items():
                     if key in context.selected_asset_keys:
-                        yield self._ingest_table(
-                            context, pipeline, session, table, context.assets_def.specs_by_key[key]
-                        )
+                        spec = context.assets_def.specs_by_key[key]
+                        yield self._ingest_table(context, pipeline, session, table, spec, backup_warning)
         except Exception as exc:  # the run's error holds no secret, and not its driver's text with one
             raise dg.Failure(
                 description=pipeline.redact(f"{self.pipeline_name}: {type(exc).__name__}: {exc}"), allow_retries=False
             ) from None
         finally:
             pipeline.close()
+
+    def _check_backups(
+        self, context: dg.AssetExecutionContext, pipeline: Pipeline, clients: ResourceClients
+    ) -> str | None:
+        """The 24-hour rule as a run (re)starts its connectors. A failed upload does not fail the run: it is an event
+        in the pipeline's state, a warning in the run log, the run tag ``connectors/backup_check=failed`` and
+        ``connectors/backup_warning`` on each table's result (returned here); the next check retries it."""
+        backups = run_backup_check(pipeline, clients)
+        if backups.ok:
+            return None
+        warning = f"backup check failed (the next check retries it): {backups.message}"
+        context.log.warning(warning)
+        context.instance.add_run_tags(context.run_id, {BACKUP_CHECK_TAG: "failed"})
+        return warning
 
     def _ingest_table(
         self,
@@ -144,12 +156,14 @@ class ConnectorsResource(dg.ConfigurableResource):
         session: IngestSession,
         table: str,
         spec: dg.AssetSpec,
+        backup_warning: str | None = None,
     ) -> dg.MaterializeResult | dg.AssetObservation:
         report = session.ingest_table(table)
+        warning = {BACKUP_WARNING_KEY: dg.MetadataValue.text(backup_warning)} if backup_warning else {}
         if report.skipped_reason:
             context.log.warning(f"{self.pipeline_name}.{table}: nothing ingested: {report.skipped_reason}")
             return dg.AssetObservation(
-                asset_key=spec.key, metadata={"connectors/skipped_reason": report.skipped_reason}
+                asset_key=spec.key, metadata={"connectors/skipped_reason": report.skipped_reason, **warning}
             )
         sink_schema = None if "dagster/column_schema" in spec.metadata else session.sink.table_schema(table)
         stats = {h.endpoint: pipeline.stats(h) for h in pipeline.connectors(table)}
@@ -161,6 +175,7 @@ class ConnectorsResource(dg.ConfigurableResource):
             **table_metadata(spec, report.row_count, sink_schema),
             **materialization_metadata(report),
             "connectors/stats": dg.MetadataValue.json(stats),
+            **warning,
         }
         return dg.MaterializeResult(asset_key=spec.key, metadata=metadata)
 

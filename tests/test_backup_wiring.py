@@ -400,3 +400,28 @@ def test_a_folder_backup_job_needs_no_connection(
     result = run_job(build_definitions(project_file), instance, "backup", BackupConfig(force=True))
     assert result.success, "an unset connection secret does not stop the backup to a folder"
     assert output_metadata(result)["connectors/uploaded"].value == 3
+
+
+def test_a_failed_backup_at_the_start_of_an_ingest_run_is_reported_not_fatal(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    """The first batch of a Dagster run checks the 24-hour rule; an unreachable store does not fail the run: the
+    run gets the tag ``connectors/backup_check=failed``, each table's materialization the warning, the pipeline's
+    state an event; the next check (here: once the store is back) uploads."""
+    project_file = write_project(tmp_path / "project" / "connectors.yaml")
+    Cli(project_file)("setup", "demo", "--confirm-prerequisites")
+    write_project(project_file, **unreachable_store(f"http://127.0.0.1:{free_port()}"))
+    defs = build_definitions(project_file)
+    result = defs.resolve_job_def("demo__ingest").execute_in_process(instance=instance, raise_on_error=False)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    run = instance.get_run_by_id(result.run_id)
+    assert run is not None and run.tags["connectors/backup_check"] == "failed"
+    (materialization,) = result.asset_materializations_for_node("demo__tables")
+    warning = materialization.metadata["connectors/backup_warning"].value
+    assert "the next check retries it" in warning and "cannot list" in warning
+    assert materialization.metadata["connectors/records"].value == 2, "the batch was ingested all the same"
+    pipeline = Pipeline(load_project(project_file), "demo")
+    try:
+        assert any(e["procedure"] == "backup" and e["response_code"] != "OK" for e in pipeline.state.events())
+    finally:
+        pipeline.close()

@@ -107,6 +107,15 @@ def dump(path: Path) -> str:
         conn.close()
 
 
+def live_dump(path: Path) -> str:
+    """Every row of a database in use (its WAL included) as SQL text."""
+    conn = sqlite3.connect(path)
+    try:
+        return "\n".join(conn.iterdump())
+    finally:
+        conn.close()
+
+
 # ------------------------------------------------------------------------------------------ stores and keys
 def test_keys_metadata_and_no_half_written_file(tmp_path: Path, store: BackupStore) -> None:
     pipeline = created(tmp_path)
@@ -252,6 +261,62 @@ def test_unreachable_store_and_access_denied_are_reported_never_raised(tmp_path:
         restored = restore_missing(Pipeline(project(tmp_path), "p", tmp_path / "elsewhere"), store)
         assert not restored.ok and words in restored.errors[0]
     assert {p: sha256(p) for p in (tmp_path / "state").rglob("*.s*")} == before  # local databases untouched
+
+
+@pytest.fixture
+def list_only_client(s3_endpoint: str, s3_bucket: str) -> Iterator[Any]:
+    """A client of an IAM user of the moto server that may list buckets, not read or write objects; moto checks
+    IAM policies while the fixture runs (``/moto-api/reset-auth``) and stops checking afterwards."""
+    import boto3
+    import requests
+
+    iam = boto3.client("iam", endpoint_url=s3_endpoint, region_name="us-east-1")
+    user = f"lister-{s3_bucket}"
+    iam.create_user(UserName=user)
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "*"}]}
+    iam.put_user_policy(UserName=user, PolicyName="list-only", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    from dagster_aws.s3 import S3Resource
+
+    client = S3Resource(
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=key["AccessKeyId"],
+        aws_secret_access_key=key["SecretAccessKey"],
+        max_attempts=1,
+    ).get_client()
+    requests.post(f"{s3_endpoint}/moto-api/reset-auth", data=b"0", timeout=10).raise_for_status()
+    try:
+        yield client
+    finally:
+        requests.post(f"{s3_endpoint}/moto-api/reset-auth", data=b"inf", timeout=10).raise_for_status()
+
+
+def test_access_denied_by_iam_is_reported_and_nothing_local_changes(
+    tmp_path: Path, s3_endpoint: str, s3_bucket: str, list_only_client: Any
+) -> None:
+    """A user that may list but not put or get: every upload is refused (reported per database, the next check
+    retries), a restore names the key it may not read, and nothing local changes either way."""
+    pipeline = created(tmp_path)
+    databases = [pipeline.state.path, *(h.state.path for h in pipeline.connectors())]
+    before = [live_dump(path) for path in databases]
+    denied = S3Store(list_only_client, s3_bucket)
+    report = check_backups(pipeline, denied)
+    assert not report.ok and not report.uploaded and len(report.errors) == 3
+    assert all("AccessDenied" in e for e in report.errors), report.errors
+    assert all("the next check retries" in d.reason for d in report.databases), report.databases
+    assert [live_dump(path) for path in databases] == before  # the snapshots' checkpoints change bytes, not rows
+
+    import requests  # the backups an administrator took are there, but this user may not read them
+
+    requests.post(f"{s3_endpoint}/moto-api/reset-auth", data=b"inf", timeout=10).raise_for_status()
+    assert check_backups(pipeline, S3Store(s3_client(s3_endpoint), s3_bucket)).ok
+    requests.post(f"{s3_endpoint}/moto-api/reset-auth", data=b"0", timeout=10).raise_for_status()
+    elsewhere = Pipeline(project(tmp_path), "p", tmp_path / "elsewhere")
+    restored = restore_missing(elsewhere, denied)
+    assert not restored.ok and "Forbidden" in restored.errors[0], restored.errors  # HEAD: a 403 without a body
+    assert pipeline_key("acme", str(pipeline.pipeline_id), "") in restored.errors[0]
+    assert not (tmp_path / "elsewhere").exists() or not any((tmp_path / "elsewhere").rglob("*.s*"))
 
 
 def test_a_failed_upload_is_reported_and_leaves_nothing(tmp_path: Path) -> None:
