@@ -51,7 +51,7 @@ def connector_assets(
         name=name or tables_asset_name(pipeline_name),
         specs=specs,
         can_subset=True,
-        description=description or f"Ingest one batch from each active connector of pipeline {pipeline_name}.",
+        description=description or f"Stream the active connectors of pipeline {pipeline_name} into their tables.",
         op_tags=op_tags,
         pool=pool,
     )
@@ -62,8 +62,8 @@ def build_table_assets(
 ) -> dg.AssetsDefinition:
     """``@connector_assets`` with the default body: ``{pipeline}__tables``, an asset per table of the pipeline.
 
-    Materializing a table ingests one bounded batch from each of its *active* connectors into the sink (see
-    :meth:`ConnectorsResource.ingest`); the body needs the pipeline's resource under ``{pipeline}__connectors``.
+    Materializing a table streams its *active* connectors into the sink, batch after batch, until they are paused
+    or finished, the run is terminated or ``max_run_seconds`` passed (see :meth:`ConnectorsResource.ingest`); the body needs the pipeline's resource under ``{pipeline}__connectors``.
     """
     resource_key = connectors_resource_key(pipeline_name)
 

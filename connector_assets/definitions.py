@@ -100,7 +100,8 @@ def build_pipeline_definitions(
     ingest_job = dg.define_asset_job(
         ingest_job_name(pipeline_name),
         selection=dg.AssetSelection.assets(assets),
-        description=f"Ingest one batch from each active connector of every table of pipeline {pipeline_name}.",
+        description=f"Stream the active connectors of the selected tables of pipeline {pipeline_name} into the sink "
+        "until they are paused or finished, the run is terminated or max_run_seconds passed.",
         tags=pipeline_tags(pipeline_name),
     )
     lifecycle_jobs = build_lifecycle_jobs(pipeline_name, project, state_dir, hooks)

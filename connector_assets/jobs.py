@@ -46,7 +46,7 @@ class ConfigureConfig(dg.Config):
     values: dict[str, str] = Field(
         default={},
         description="Sink settings to store: duckdb takes path, schema; snowflake takes connection, database, "
-        "schema, warehouse. Empty: keep the project file's.",
+        "schema, warehouse; kafka takes max_message_bytes, partitions; command takes timeout_seconds. Empty: keep the project file's.",
     )
 
 

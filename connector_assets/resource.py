@@ -7,14 +7,18 @@ connection and sink resources, so the UI shows which connections it uses.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import dagster as dg
 import pyarrow as pa
+from dagster._utils.interrupts import capture_interrupts, check_captured_interrupt, pop_captured_interrupt
 from dagster_duckdb import DuckDBResource
 from pydantic import Field, create_model
 
@@ -24,11 +28,19 @@ from connector_core.backups import restore_before_write, run_backup_check
 from connector_core.ingest import IngestSession, TableReport
 from connector_core.pipeline import Pipeline
 from connector_core.project import Project, load_project
+from connector_core.streaming import StopRequest, StreamTotals, ingest_continuously, table_idle_reason
 from resources import PipelineResources, ResourceClients, build_pipeline_resources
 
 __all__ = ["ConnectorsResource", "connection_field", "materialization_metadata", "with_signature"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Seconds between the progress observations of a streaming run's tables.
+PROGRESS_SECONDS = 30.0
+#: The stop reason of a terminated run.
+TERMINATED = "the run was terminated"
+#: How long the step of a run marked terminated waits for Dagster's interrupt before it yields its results.
+TERMINATION_SIGNAL_SECONDS = 3.0
 
 
 def connection_field(connection: str) -> str:
@@ -105,11 +117,16 @@ class ConnectorsResource(dg.ConfigurableResource):
         return ResourceClients(pipeline, connections, self.sink)
 
     def ingest(self, context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult | dg.AssetObservation]:
-        """One bounded batch from each active connector of each table the run selected, into the sink.
+        """Ingest the tables the run selected continuously, then materialize what was committed.
 
-        Yields a ``MaterializeResult`` per table that ingested, with ``dagster/row_count``,
-        ``dagster/table_name``, ``dagster/column_schema``, records, bytes, seconds, throughput, errors and
-        per-connector counts and stats; a table with no active connector yields an ``AssetObservation`` saying why
+        The run streams (:func:`connector_core.streaming.ingest_continuously`): batch after batch from each active
+        connector of the selected tables, each committed as it is read, until no connector may ingest (paused,
+        finished, given up; re-read between batches), the run is terminated (the batch being committed is
+        finished first) or the pipeline's ``max_run_seconds`` passed; the sensor then requests the next run.
+        Every ``PROGRESS_SECONDS`` each table gets an ``AssetObservation`` of its progress; at the end a
+        ``MaterializeResult`` per table that ingested, with ``dagster/row_count``, ``dagster/table_name``,
+        ``dagster/column_schema``, records, bytes, seconds, throughput, errors, per-connector counts and stats.
+        A table with no active connector yields an ``AssetObservation`` saying why
         (``connectors/skipped_reason``) and a warning in the run log.
         """
         keys = table_asset_keys(context.assets_def, self.pipeline_name)
@@ -123,17 +140,115 @@ class ConnectorsResource(dg.ConfigurableResource):
             clients = self.clients(pipeline)
             restore_before_write(pipeline, clients)  # a lost state folder comes back before the run reads it
             backup_warning = self._check_backups(context, pipeline, clients)
-            with IngestSession(pipeline, clients, log=context.log.info) as session:
-                for table, key in keys.items():
-                    if key in context.selected_asset_keys:
-                        spec = context.assets_def.specs_by_key[key]
-                        yield self._ingest_table(context, pipeline, session, table, spec, backup_warning)
+            selected = {table: key for table, key in keys.items() if key in context.selected_asset_keys}
+            # The DuckDB file is opened per batch: runs of other tables and the CLI write it meanwhile.
+            with IngestSession(pipeline, clients, log=context.log.info, hold_connection=False) as session:
+                yield from self._stream(context, pipeline, session, selected, backup_warning)
         except Exception as exc:  # the run's error holds no secret, and not its driver's text with one
             raise dg.Failure(
                 description=pipeline.redact(f"{self.pipeline_name}: {type(exc).__name__}: {exc}"), allow_retries=False
             ) from None
         finally:
             pipeline.close()
+
+    def _stream(
+        self,
+        context: dg.AssetExecutionContext,
+        pipeline: Pipeline,
+        session: IngestSession,
+        selected: dict[str, dg.AssetKey],
+        backup_warning: str | None,
+    ) -> Iterator[dg.MaterializeResult | dg.AssetObservation]:
+        """The continuous loop over ``selected`` tables, its progress observations and final results."""
+        warning = {BACKUP_WARNING_KEY: dg.MetadataValue.text(backup_warning)} if backup_warning else {}
+        active = []
+        for table, key in selected.items():
+            reason = table_idle_reason(pipeline, table)
+            if reason is None:
+                active.append(table)
+                continue
+            context.log.warning(f"{self.pipeline_name}.{table}: nothing ingested: {reason}")
+            yield dg.AssetObservation(asset_key=key, metadata={"connectors/skipped_reason": reason, **warning})
+        if not active:
+            return
+        spec = pipeline.spec
+        stop, totals = StopRequest(), StreamTotals()
+        interrupts = _Interrupts(stop)
+        context.log.info(
+            f"{self.pipeline_name}: streaming {', '.join(active)} (commit interval {spec.commit_interval:g} s, "
+            f"at most {spec.max_run_seconds:g} s)"
+        )
+        rounds = ingest_continuously(
+            pipeline,
+            session,
+            stop,
+            tables=active,
+            commit_interval=spec.commit_interval,
+            max_seconds=spec.max_run_seconds,
+            retry_failed=False,  # a failing source is read once per run; the failure rule and the sensor decide
+            check=lambda: _terminated(context),
+            batch_guard=interrupts.deferred,
+            interrupts=(KeyboardInterrupt, dg.DagsterExecutionInterruptedError),
+        )
+        reported = time.monotonic()
+        try:
+            for round_ in rounds:
+                totals.add(round_, pipeline)
+                if time.monotonic() - reported >= PROGRESS_SECONDS:
+                    reported = time.monotonic()
+                    yield from self._progress(context, totals, selected, active)
+        except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):  # terminated while Dagster held the step
+            interrupts.received = True
+            stop.request(TERMINATED)
+        if (stop.reason or "").startswith("interrupted"):  # raised between batches; the loop stopped on it
+            interrupts.received = True
+            stop.reason = TERMINATED
+        context.log.info(f"{self.pipeline_name}: {totals.records} records in {totals.batches} batches; {stop.reason}")
+        results: list[dg.MaterializeResult | dg.AssetObservation] = []
+        with interrupts.deferred():  # the results are computed whole, then yielded (see _Interrupts)
+            if stop.reason == TERMINATED and not interrupts.received:
+                interrupts.await_signal(TERMINATION_SIGNAL_SECONDS)
+            for table in active:
+                key = selected[table]
+                if table not in totals.tables():
+                    metadata = {"connectors/skipped_reason": stop.reason or "stopped", **warning}
+                    results.append(dg.AssetObservation(asset_key=key, metadata=metadata))
+                    continue
+                report = totals.table_report(table, _row_count(session, table, context))
+                spec = context.assets_def.specs_by_key[key]
+                run_metadata = {
+                    **warning,
+                    "connectors/commits": dg.MetadataValue.int(totals.commits.get(table, 0)),
+                    "connectors/stopped_reason": dg.MetadataValue.text(stop.reason or "stopped"),
+                }
+                results.append(self._materialize(pipeline, session, report, spec, run_metadata))
+                context.log.info(
+                    f"{self.pipeline_name}.{table}: {report.records} records in {report.seconds:.3f}s, "
+                    f"{report.row_count} rows in the table"
+                )
+        yield from results
+
+    def _progress(
+        self,
+        context: dg.AssetExecutionContext,
+        totals: StreamTotals,
+        selected: dict[str, dg.AssetKey],
+        active: list[str],
+    ) -> Iterator[dg.AssetObservation]:
+        """One observation per streaming table: records committed so far in this run and their rate."""
+        for table in active:
+            report = totals.table_report(table)
+            context.log.info(f"{self.pipeline_name}.{table}: {report.records} records so far")
+            yield dg.AssetObservation(
+                asset_key=selected[table],
+                metadata={
+                    "connectors/records": dg.MetadataValue.int(report.records),
+                    "connectors/records_per_second": dg.MetadataValue.float(
+                        round(report.records / report.seconds, 3) if report.seconds else 0.0
+                    ),
+                    "connectors/commits": dg.MetadataValue.int(totals.commits.get(table, 0)),
+                },
+            )
 
     def _check_backups(
         self, context: dg.AssetExecutionContext, pipeline: Pipeline, clients: ResourceClients
@@ -149,35 +264,84 @@ class ConnectorsResource(dg.ConfigurableResource):
         context.instance.add_run_tags(context.run_id, {BACKUP_CHECK_TAG: "failed"})
         return warning
 
-    def _ingest_table(
+    def _materialize(
         self,
-        context: dg.AssetExecutionContext,
         pipeline: Pipeline,
         session: IngestSession,
-        table: str,
+        report: TableReport,
         spec: dg.AssetSpec,
-        backup_warning: str | None = None,
-    ) -> dg.MaterializeResult | dg.AssetObservation:
-        report = session.ingest_table(table)
-        warning = {BACKUP_WARNING_KEY: dg.MetadataValue.text(backup_warning)} if backup_warning else {}
-        if report.skipped_reason:
-            context.log.warning(f"{self.pipeline_name}.{table}: nothing ingested: {report.skipped_reason}")
-            return dg.AssetObservation(
-                asset_key=spec.key, metadata={"connectors/skipped_reason": report.skipped_reason, **warning}
-            )
-        sink_schema = None if "dagster/column_schema" in spec.metadata else session.sink.table_schema(table)
-        stats = {h.endpoint: pipeline.stats(h) for h in pipeline.connectors(table)}
-        context.log.info(
-            f"{self.pipeline_name}.{table}: {report.records} records in {report.seconds:.3f}s, "
-            f"{report.row_count} rows in the table"
-        )
+        extra: dict[str, Any],
+    ) -> dg.MaterializeResult:
+        """The result of one table's run: standard table metadata, the run's totals and every connector's stats."""
+        sink_schema = None
+        if "dagster/column_schema" not in spec.metadata:
+            try:
+                sink_schema = session.sink.table_schema(report.table)
+            finally:
+                session.release_sink()
+        stats = {h.endpoint: pipeline.stats(h) for h in pipeline.connectors(report.table)}
         metadata = {
             **table_metadata(spec, report.row_count, sink_schema),
             **materialization_metadata(report),
             "connectors/stats": dg.MetadataValue.json(stats),
-            **warning,
+            **extra,
         }
         return dg.MaterializeResult(asset_key=spec.key, metadata=metadata)
+
+
+def _row_count(session: IngestSession, table: str, context: dg.AssetExecutionContext) -> int:
+    """Rows in the sink table (0, logged, when the sink cannot say); the database is let go afterwards."""
+    try:
+        return session.sink.row_count(table)
+    except Exception as exc:  # an unreachable sink must not hide what the run committed
+        context.log.warning(f"cannot count rows of {table}: {exc}")
+        return 0
+    finally:
+        session.release_sink()
+
+
+def _terminated(context: dg.AssetExecutionContext) -> str | None:
+    """Why the run should stop when it was terminated (asked to cancel) in the instance, else ``None``."""
+    run = context.instance.get_run_by_id(context.run_id)
+    if run is not None and run.status in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED):
+        return TERMINATED
+    return None
+
+
+class _Interrupts:
+    """The interrupt Dagster sends the step of a terminated run (SIGINT/SIGTERM, raised as
+    ``DagsterExecutionInterruptedError`` while user code runs; captured and raised at the step's next resume while
+    Dagster handles an event), deferred where it would cost committed work.
+
+    :meth:`deferred` wraps each batch (the batch being committed is finished, then the loop stops) and the
+    computing of the final results; they are yielded only after that, so an interrupt cannot cut a table's
+    results off halfway. A run marked terminated before its interrupt came (the loop saw the status first) waits
+    up to ``TERMINATION_SIGNAL_SECONDS`` for it, so that it does not land between the results. Off the main thread
+    (``execute_in_process`` in a thread) no signal is delivered: the run's status stops the loop.
+    """
+
+    def __init__(self, stop: StopRequest):
+        self.stop = stop
+        self.received = False
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Capture interrupts inside the block; one that came makes the loop stop (``received``)."""
+        with capture_interrupts():
+            try:
+                yield
+            finally:
+                if pop_captured_interrupt():
+                    self.received = True
+                    self.stop.request(TERMINATED)
+
+    def await_signal(self, seconds: float) -> None:
+        """Inside :meth:`deferred` on the main thread: wait up to ``seconds`` for the interrupt."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        deadline = time.monotonic() + seconds
+        while not check_captured_interrupt() and time.monotonic() < deadline:
+            time.sleep(0.02)
 
 
 def table_metadata(spec: dg.AssetSpec, row_count: int, sink_schema: pa.Schema | None) -> dict[str, Any]:

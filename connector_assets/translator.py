@@ -14,6 +14,7 @@ from typing import Any
 import dagster as dg
 
 from connector_assets.names import PIPELINE_METADATA_KEY, TABLE_METADATA_KEY, group_name
+from connector_core.channel import channel_upstreams
 from connector_core.project import PipelineSpec, Project, TableSpec
 
 #: Dagster allows at most this many kinds on one asset.
@@ -39,6 +40,9 @@ class TableProps:
     table_name: str
     table: TableSpec
     pipeline: PipelineSpec
+    #: Asset keys of the tables upstream of this one across a Kafka channel (their pipeline's sink writes the
+    #: topic one of this table's ``kafka_input`` connectors reads), as the translator keys them.
+    channel_upstreams: tuple[dg.AssetKey, ...] = ()
 
     @property
     def endpoints(self) -> list[str]:
@@ -54,11 +58,13 @@ class ConnectorsTranslator:
 
         Key ``[pipeline, table]``, group = pipeline, kinds = its transports and the sink, owner
         ``team:<org_slug>``, ``skippable`` (a table with no active connector materializes nothing),
-        ``dagster/column_schema`` and ``dagster/table_name`` metadata plus ``connectors/...`` metadata, and a
-        ``code_version`` hashing the table's configuration.
+        ``dagster/column_schema`` and ``dagster/table_name`` metadata plus ``connectors/...`` metadata (the
+        processors of each connector among them), a ``code_version`` hashing the table's configuration, and the
+        tables upstream across a Kafka channel as ``deps`` (lineage from one pipeline to the next).
         """
         return dg.AssetSpec(
             key=dg.AssetKey([props.pipeline_name, props.table_name]),
+            deps=props.channel_upstreams,
             description=self._description(props),
             group_name=group_name(props.pipeline_name),
             kinds=self._kinds(props),
@@ -70,10 +76,13 @@ class ConnectorsTranslator:
 
     @staticmethod
     def _description(props: TableProps) -> str:
-        return (
+        lines = [
             f"Table `{props.table_name}` of pipeline `{props.pipeline_name}` in the {props.pipeline.sink.kind} "
             f"sink, fed by {', '.join(f'`{e}`' for e in props.endpoints)}."
-        )
+        ]
+        for endpoint, steps in processor_labels(props).items():
+            lines.append(f"`{endpoint}` is processed by {' -> '.join(f'`{step}`' for step in steps)}.")
+        return "\n\n".join(lines)
 
     @staticmethod
     def _kinds(props: TableProps) -> set[str]:
@@ -95,17 +104,39 @@ class ConnectorsTranslator:
         metadata["connectors/transports"] = dg.MetadataValue.json(
             {f"{props.table_name}.{c.name}": c.transport.name for c in props.table.connectors}
         )
+        processors = processor_labels(props)
+        if processors:
+            metadata["connectors/processors"] = dg.MetadataValue.json(processors)
         waits = {f"{props.table_name}.{c.name}": c.start_after for c in props.table.connectors if c.start_after}
         if waits:
             metadata["connectors/start_after"] = dg.MetadataValue.json(waits)
         return metadata
 
 
+def processor_labels(props: TableProps) -> dict[str, list[str]]:
+    """``table.connector -> [processor, ...]`` of the connectors with processors: a processor of the pipeline's map
+    by its name (and its arguments), an inline one by what it runs."""
+    labels: dict[str, list[str]] = {}
+    for connector in props.table.connectors:
+        uses = props.pipeline.processor_uses(connector)
+        if uses:
+            labels[f"{props.table_name}.{connector.name}"] = [
+                f"{use.label}({', '.join(f'{k}={v!r}' for k, v in use.args.items())})" if use.args else use.label
+                for use in uses
+            ]
+    return labels
+
+
 def sink_table_name(props: TableProps) -> str:
-    """The table's name in the sink: ``schema.table`` (DuckDB) or ``database.schema.table`` (Snowflake)."""
+    """The table's name in the sink: ``schema.table`` (DuckDB), ``database.schema.table`` (Snowflake) or the
+    topic (Kafka)."""
     sink = props.pipeline.sink
     if sink.kind == "snowflake":
         return f"{sink.database}.{sink.schema_}.{props.table_name}"
+    if sink.kind == "kafka":
+        return props.table.topic_name(props.pipeline_name, props.table_name)
+    if sink.kind == "command":
+        return props.table_name
     return f"{sink.schema_}.{props.table_name}"
 
 
@@ -126,8 +157,18 @@ def build_connector_asset_specs(
     """
     translator = translator or ConnectorsTranslator()
     spec = project.pipeline(pipeline_name)
+    upstreams = channel_upstreams(project)
+
+    def upstream_keys(table_name: str) -> tuple[dg.AssetKey, ...]:
+        return tuple(
+            translator.get_asset_spec(
+                TableProps(name, table, project.pipelines[name].tables[table], project.pipelines[name])
+            ).key
+            for name, table in upstreams.get((pipeline_name, table_name), [])
+        )
+
     return [
-        translator.get_asset_spec(TableProps(pipeline_name, table_name, table, spec))
+        translator.get_asset_spec(TableProps(pipeline_name, table_name, table, spec, upstream_keys(table_name)))
         .replace_attributes(skippable=True)
         .merge_attributes(metadata={PIPELINE_METADATA_KEY: pipeline_name, TABLE_METADATA_KEY: table_name})
         for table_name, table in spec.tables.items()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from connector_cli.context import pipeline_spec, procedure, read_pipeline, unknown_names_are_usage_errors
-from connector_cli.output import FORMAT_OPTION, echo_stats, format_connector_stats
+from connector_cli.output import AUTO_FORMAT_OPTION, chosen_format, echo_stats, format_connector_stats
 
 
 @click.group("connector")
@@ -49,9 +49,10 @@ def connector_pause() -> None:
 
 
 @connector_group.command("stats")
-@FORMAT_OPTION
-def connector_stats(output_format: str) -> None:
-    """The connector's stats: metrics, last parse errors, fatal error (secrets masked)."""
+@AUTO_FORMAT_OPTION
+def connector_stats(output_format: str | None) -> None:
+    """The connector's stats: metrics, last parse errors, fatal error (secrets masked); a readable summary on a
+    terminal, the JSON object when piped or redirected (``--format`` chooses)."""
     pipeline_name, table, name = addressed_connector()
     stats = read_pipeline(pipeline_name, lambda pipeline: pipeline.stats(pipeline.connector(table, name)))
-    echo_stats(stats, output_format, format_connector_stats)
+    echo_stats(stats, chosen_format(output_format), format_connector_stats)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,16 @@ FORMAT_OPTION = click.option(
     help="text: a readable summary; json: the stats object.",
 )
 
+#: ``--format`` whose default follows where the output goes: text on a terminal, JSON into a pipe or a file
+#: (``connectors connector P T C stats | jq``, as ``fda`` does); an explicit ``--format`` wins.
+AUTO_FORMAT_OPTION = click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="text: a readable summary; json: the stats object. Default: text on a terminal, json otherwise (| jq).",
+)
+
 PIPELINE_STATS_HEADERS = [
     "CONNECTOR",
     "PAUSED",
@@ -32,6 +43,19 @@ PIPELINE_STATS_HEADERS = [
     "FATAL_ERROR",
 ]
 HOURLY_STATS_HEADERS = ["HOUR", "CONNECTOR", "RECORDS", "BYTES", "PARSE_ERRORS", "TRANSPORT_ERRORS"]
+
+
+def stdout_is_terminal() -> bool:
+    """Whether standard output is a terminal (a person reads it) rather than a pipe or a file (a program does)."""
+    stream = sys.stdout
+    return bool(stream is not None and not stream.closed and stream.isatty())
+
+
+def chosen_format(output_format: str | None) -> str:
+    """The explicit ``--format``, else ``text`` on a terminal and ``json`` anywhere else."""
+    if output_format is not None:
+        return output_format
+    return "text" if stdout_is_terminal() else "json"
 
 
 def echo_stats(stats: dict[str, Any], output_format: str, as_text: Callable[[dict[str, Any]], str]) -> None:

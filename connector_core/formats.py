@@ -240,7 +240,9 @@ class JsonRoute(enum.Enum):
     """Who reads a batch of bytes."""
 
     ARROW = "arrow"  #: pyarrow's readers (every format; JSON with ``reader: arrow`` or no sink reader)
-    SINK_PARSES = "sink parses"  #: the sink's JSON reader parses the records into Arrow (processors, arrays)
+    #: the sink's JSON reader parses the records into Arrow (processors, arrays); a last ``jsonl`` processor's
+    #: answer is then loaded by the sink itself
+    SINK_PARSES = "sink parses"
     SINK_LOADS = "sink loads"  #: the sink loads the JSON lines itself in one pass, with the mark (fast path)
 
 

@@ -17,7 +17,8 @@ A batch runs these steps; a ``kill -9`` may hit between any two:
 2. read from the transport **from the mark's position**;
 3. parse, process and cast the records (memory only);
 4. one sink transaction: rows + mark ``batch_seq + 1`` (JSON lines into DuckDB make 3 and 4 one step: DuckDB's
-   ``read_json`` parses them inside that transaction, see :class:`~connector_core.sinks.JsonReadingSink`);
+   ``read_json`` parses them inside that transaction, see :class:`~connector_core.sinks.JsonReadingSink`; so do
+   the JSON lines a last ``jsonl`` processor answers);
 5. one SQLite transaction: position, metrics, parse errors and hourly stats (``ConnectorState.commit_batch``).
 
 A crash before step 4 commits leaves nothing behind: the next run reads again from the same position. A crash
@@ -33,9 +34,6 @@ offsets...): every transport's ``read(position, ...)`` returns the records after
 
 from __future__ import annotations
 
-import importlib
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,17 +42,23 @@ from typing import Any
 import pyarrow as pa
 
 from connector_core.clients import ConnectionClients
-from connector_core.formats import JsonRoute, ParsedBatch, conform, empty_table, json_route, parse, screen_lines
+from connector_core.formats import (
+    Format,
+    JsonRoute,
+    ParsedBatch,
+    conform,
+    empty_table,
+    json_route,
+    parse,
+    screen_lines,
+)
 from connector_core.pipeline import ConnectorHandle, Pipeline
-from connector_core.project import Format, Processor
-from connector_core.secrets import child_environment
+from connector_core.processors import ProcessorError, ProcessorStep, load_processor
+from connector_core.processors.command import JsonLinesStep
 from connector_core.sinks import JsonReadingSink, Sink, SinkError, SinkMark, open_sink
 from connector_core.state import BatchCommit
 from connector_core.transports import TransportContext, TransportError, TransportReader, open_transport
 from connector_core.transports.base import ReadResult
-
-#: Seconds a command processor may run on one batch.
-COMMAND_TIMEOUT_SECONDS = 300
 
 
 @dataclass
@@ -96,81 +100,6 @@ class TableReport:
         return sum(batch.bytes for batch in self.batches)
 
 
-class ProcessorError(RuntimeError):
-    """A processor that failed on a batch (the batch is not committed and will be read again)."""
-
-
-TableStep = Callable[[pa.Table], pa.Table]
-
-
-def load_processor(processor: Processor, pipeline: Pipeline) -> TableStep:
-    """A processor as a function from Arrow table to Arrow table.
-
-    ``python``: ``module:function`` (the project folder is importable); ``command``: the records go to the
-    program's stdin as JSON lines and its stdout's JSON lines are the new records.
-    """
-    if processor.kind == "python":
-        assert processor.function is not None
-        module_name, _, function_name = processor.function.partition(":")
-        if not module_name or not function_name:
-            raise ValueError(f"processor function {processor.function!r} must be written 'module:function'")
-        base = str(pipeline.base_dir)
-        if base not in sys.path:
-            sys.path.append(base)
-        try:
-            function = getattr(importlib.import_module(module_name), function_name)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"cannot load processor {processor.function!r}: {exc}") from exc
-        if not callable(function):
-            raise ValueError(f"processor {processor.function!r} is not callable")
-
-        def run_python(table: pa.Table) -> pa.Table:
-            try:
-                result = function(table)
-            except Exception as exc:  # the user's code: report it, keep the batch for a retry
-                raise ProcessorError(f"processor {processor.function} failed: {exc!r}") from exc
-            if not isinstance(result, pa.Table):
-                raise ProcessorError(
-                    f"processor {processor.function} returned {type(result).__name__}, not a pyarrow.Table"
-                )
-            return result
-
-        return run_python
-
-    assert processor.command is not None
-    command = list(processor.command)
-
-    def run_command(table: pa.Table) -> pa.Table:
-        if not table.num_rows:
-            return table
-        lines = table.to_pandas().to_json(orient="records", lines=True, date_format="iso", date_unit="us")
-        try:
-            done = subprocess.run(
-                command,
-                input=lines.encode(),
-                capture_output=True,
-                cwd=pipeline.base_dir,
-                env=child_environment(processor.env),
-                timeout=COMMAND_TIMEOUT_SECONDS,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ProcessorError(f"processor command {command} failed: {exc}") from exc
-        if done.returncode != 0:
-            stderr = done.stderr.decode(errors="replace").strip()[-500:]
-            raise ProcessorError(f"processor command {command} exited with {done.returncode}: {stderr}")
-        parsed = parse(done.stdout, Format(name="json"), table.schema)
-        if parsed.errors:
-            index, reason = parsed.errors[0]
-            raise ProcessorError(
-                f"processor command {command} wrote {len(parsed.errors)} unreadable line(s), "
-                f"first at line {index}: {reason}"
-            )
-        return parsed.table
-
-    return run_command
-
-
 #: Failed reads in a row after which a connector is given up (its fatal error) until it is started again.
 MAX_CONSECUTIVE_FAILURES = 3
 
@@ -181,6 +110,11 @@ class IngestSession:
     A batch that fails (transport, processor) is counted in the connector's state; the
     ``max_consecutive_failures``-th failure in a row gives the connector up (its fatal error), so Dagster runs and
     ``connectors run`` share the rule and the sensor stops requesting runs for it.
+
+    ``hold_connection`` keeps the sink's database open for the whole session (fastest; a DuckDB file stays locked
+    by this process). Without it the database is opened for each batch and let go after it, so several
+    processes (a long streaming run per table, the CLI) take turns writing one DuckDB file (see
+    :mod:`connector_core.streaming` for the measurement behind this choice).
     """
 
     def __init__(
@@ -189,14 +123,16 @@ class IngestSession:
         clients: ConnectionClients,
         log: Callable[[str], None] = print,
         max_consecutive_failures: int = MAX_CONSECUTIVE_FAILURES,
+        hold_connection: bool = True,
     ):
         self.pipeline = pipeline
         self.clients = clients
         self.log: Callable[[str], None] = lambda line: log(pipeline.redact(line))  # no secret reaches a log
         self.max_consecutive_failures = max_consecutive_failures
+        self.hold_connection = hold_connection
         self._sink: Sink | None = None
         self._readers: dict[str, TransportReader] = {}
-        self._processors: dict[str, list[TableStep]] = {}
+        self._processors: dict[str, list[ProcessorStep]] = {}  #: per connector, for the run
         self._schemas: dict[str, pa.Schema] = {}
 
     @property
@@ -221,17 +157,22 @@ class IngestSession:
             self._ingest(handle, report)
         except (TransportError, ProcessorError, SinkError) as exc:
             self._drop_reader(str(handle.connector_id))
+            self._drop_processors(str(handle.connector_id))  # stops their programs; the next batch starts anew
             if isinstance(exc, SinkError):
                 self._close_sink()  # the next batch opens it afresh
             report.transport_errors += 1
             report.error = self.pipeline.redact(str(exc))
             report.fatal_error = handle.state.record_failed_read(report.error, self.max_consecutive_failures)
             self.log(f"{handle.endpoint}: {report.error}")
+        if not self.hold_connection:
+            self.release_sink()
         report.seconds = time.monotonic() - started
         return report
 
     def _ingest(self, handle: ConnectorHandle, report: BatchReport) -> None:
         mark = self.sink.mark(handle.connector_id)
+        if not self.hold_connection:
+            self.release_sink()  # not held while the transport waits for records (a live source may wait long)
         base = self._reconcile(handle, mark)
         reader = self._reader(handle)
         try:
@@ -266,11 +207,14 @@ class IngestSession:
         records, errors = loaded if loaded is not None else (None, [])
         if records is None:
             parsed = self._records(handle, result, route)
-            rows, errors = parsed.table, parsed.errors
-            if isinstance(result.data, pa.Table) and not nbytes:
-                nbytes = rows.nbytes
-            records = rows.num_rows
-            self.sink.write(handle.table, rows, mark_for(records))
+            if isinstance(parsed, _Answer):
+                records, errors = self._load_answer(handle, parsed, mark_for)
+            else:
+                rows, errors = parsed.table, parsed.errors
+                if isinstance(result.data, pa.Table) and not nbytes:
+                    nbytes = rows.nbytes
+                records = rows.num_rows
+                self.sink.write(handle.table, rows, mark_for(records))
         handle.state.commit_batch(
             BatchCommit(
                 position=result.position,
@@ -308,6 +252,32 @@ class IngestSession:
         kept, errors = screen_lines(data, screen, self._table_schema(handle.table))
         loaded = json_sink.write_json_lines(handle.table, memoryview(kept), mark_for)
         return None if loaded is None else (loaded, errors)
+
+    def _load_answer(
+        self, handle: ConnectorHandle, answer: _Answer, mark_for: Callable[[int], SinkMark]
+    ) -> tuple[int, list[tuple[int, str]]]:
+        """Load the JSON lines of a last ``jsonl`` step with the sink's own reader (one pass, no Arrow step); the
+        records loaded and the parse errors (the input's, then the answer's by their line in it).
+
+        When the sink rejects a record, the answer is read record by record by the same reader (its screen and
+        search): a record that does not fit the table is a parse error, a line that is not a JSON object fails the
+        batch (the program wrote something that is not a batch)."""
+        json_sink = self._json_sink()
+        schema = self._table_schema(handle.table)
+        assert json_sink is not None and schema is not None
+        if answer.lines and not answer.lines.isspace():
+            loaded = json_sink.write_json_lines(handle.table, answer.lines, mark_for)
+            if loaded is not None:
+                return loaded, answer.errors
+            parsed = parse(answer.lines, _JSON_LINES, schema, json_reader=json_sink.json_reader(handle.table))
+        else:
+            parsed = ParsedBatch(empty_table(schema))
+        broken = [(at, why) for at, why in parsed.errors if why.startswith(_NOT_A_RECORD)]
+        if broken:
+            at, why = broken[0]
+            raise answer.step.broken(f"{len(broken)} unreadable line(s), first at line {at}: {why}")
+        self.sink.write(handle.table, parsed.table, mark_for(parsed.table.num_rows))
+        return parsed.table.num_rows, sorted(answer.errors + parsed.errors)
 
     def _json_route(self, handle: ConnectorHandle, data: bytes | memoryview | pa.Table | None) -> JsonRoute:
         """Who reads this batch (:func:`connector_core.formats.json_route`); creates the table from its
@@ -349,9 +319,11 @@ class IngestSession:
         )
         return truth
 
-    def _records(self, handle: ConnectorHandle, result: ReadResult, route: JsonRoute) -> ParsedBatch:
+    def _records(self, handle: ConnectorHandle, result: ReadResult, route: JsonRoute) -> ParsedBatch | _Answer:
         """Parse (with the sink's JSON reader unless ``route`` is :attr:`JsonRoute.ARROW`), process and cast one
-        piece of input to the sink table (creating the table when needed)."""
+        piece of input to the sink table (creating the table when needed). When the sink's reader reads this
+        batch (:attr:`JsonRoute.SINK_PARSES`) and the last step is a ``jsonl`` program, its answer is handed on as
+        the JSON lines it wrote, for the sink to load (:meth:`_load_answer`)."""
         table = handle.table
         data = result.data
         schema = self._table_schema(table)
@@ -367,7 +339,13 @@ class IngestSession:
         else:
             parsed = ParsedBatch(empty_table(schema))
         rows = parsed.table
-        for step in self._processor_steps(handle):
+        steps = self._processor_steps(handle)
+        last = steps[-1] if steps else None
+        if route is JsonRoute.SINK_PARSES and schema is not None and isinstance(last, JsonLinesStep):
+            for step in steps[:-1]:
+                rows = step(rows)
+            return _Answer(last, last.answer_lines(rows), parsed.errors)
+        for step in steps:
             rows = step(rows)
         if schema is None and rows.num_columns:
             schema = self._ensure_table(table, None, rows.schema)
@@ -424,12 +402,22 @@ class IngestSession:
             except Exception as exc:  # closing a broken transport must not hide the first error
                 self.log(f"closing transport of {connector_id} failed: {exc}")
 
-    def _processor_steps(self, handle: ConnectorHandle) -> list[TableStep]:
+    def _processor_steps(self, handle: ConnectorHandle) -> list[ProcessorStep]:
+        """The connector's processor steps for this run (made at its first batch, kept until the run ends or a
+        batch fails)."""
         if handle.connector_id not in self._processors:
-            self._processors[handle.connector_id] = [
-                load_processor(processor, self.pipeline) for processor in handle.spec.processors
-            ]
+            steps: list[ProcessorStep] = []
+            try:
+                for use in self.pipeline.spec.processor_uses(handle.spec):
+                    steps.append(load_processor(use, self.pipeline, handle.endpoint))
+            except BaseException:
+                _close_steps(steps, self.log)
+                raise
+            self._processors[handle.connector_id] = steps
         return self._processors[handle.connector_id]
+
+    def _drop_processors(self, connector_id: str) -> None:
+        _close_steps(self._processors.pop(connector_id, []), self.log)
 
     # ----------------------------------------------------------------------------------------------- table
     def ingest_table(self, table: str) -> TableReport:
@@ -456,11 +444,27 @@ class IngestSession:
         except Exception as exc:  # an unreachable sink must not hide the report
             self.log(f"cannot count rows of {table}: {exc}")
             return 0
+        finally:
+            if not self.hold_connection:
+                self.release_sink()
+
+    def release_sink(self) -> None:
+        """Let go of the sink's database connection (a DuckDB file is unlocked for other processes); the sink and
+        what it knows of its tables stay, and its next call opens the database again."""
+        release = getattr(self._sink, "close", None)
+        if callable(release):
+            try:
+                release()
+            except Exception as exc:  # a broken connection is opened afresh by the next call
+                self.log(f"releasing the sink failed: {exc}")
+                self._sink = None
 
     def close(self) -> None:
-        """Close transports and the sink."""
+        """Close transports, processors (their programs stop) and the sink."""
         for connector_id in list(self._readers):
             self._drop_reader(connector_id)
+        for connector_id in list(self._processors):
+            self._drop_processors(connector_id)
         self._close_sink()
 
     def _close_sink(self) -> None:
@@ -477,6 +481,28 @@ class IngestSession:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+@dataclass
+class _Answer:
+    """The JSON lines a batch's last ``jsonl`` step wrote, and the parse errors of the batch's input."""
+
+    step: JsonLinesStep
+    lines: bytes
+    errors: list[tuple[int, str]]
+
+
+_JSON_LINES = Format(name="json")
+#: Starts of the sink reader's reasons for a line that is no record at all (malformed, not an object).
+_NOT_A_RECORD = ("Malformed JSON", "JSON transform error: Expected OBJECT")
+
+
+def _close_steps(steps: list[ProcessorStep], log: Callable[[str], None]) -> None:
+    for step in steps:
+        try:
+            step.close()
+        except Exception as exc:  # closing a broken processor must not hide the first error
+            log(f"closing a processor failed: {exc}")
 
 
 def _nothing_to_ingest(pipeline: Pipeline, table: str, reasons: dict[str, str | None]) -> str:

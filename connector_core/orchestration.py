@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import hashlib
-import time
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from connector_core.backups import restore_before_write, run_backup_check
-from connector_core.ingest import BatchReport, IngestSession
+from connector_core.ingest import IngestSession
 from connector_core.pipeline import ConnectorHandle, Pipeline
+from connector_core.project import Project
+from connector_core.state import ConnectorSnapshot
+from connector_core.streaming import StopRequest, StreamTotals, ingest_continuously
 
 
 def finished_labels(pipeline: Pipeline) -> set[str]:
     """Labels all of whose carriers are finished (``end_of_input`` and nothing buffered)."""
-    carriers: dict[str, list[bool]] = {}
+    return _labels(pipeline)[0]
+
+
+def _labels(pipeline: Pipeline) -> tuple[set[str], set[str]]:
+    """(labels all of whose carriers are finished, every label carried), from one pass over the connectors."""
+    unfinished: set[str] = set()
+    carried: set[str] = set()
     for handle in pipeline.connectors():
-        finished = handle.state.metrics().finished
-        for label in handle.labels:
-            carriers.setdefault(label, []).append(finished)
-    return {label for label, states in carriers.items() if all(states)}
+        labels = handle.labels
+        carried.update(labels)
+        if not handle.state.metrics().finished:
+            unfinished.update(labels)
+    return carried - unfinished, carried
 
 
 def label_is_finished(label: str, finished: set[str], carried: set[str]) -> bool:
@@ -27,27 +37,63 @@ def label_is_finished(label: str, finished: set[str], carried: set[str]) -> bool
     return label in finished or label not in carried
 
 
-def release_start_after(pipeline: Pipeline) -> list[str]:
-    """Start each paused, never-released ``start_after`` connector whose labels are all finished.
-
-    Returns the endpoints started. A connector that ``start_after`` released once is never auto-started again,
-    so a user's later pause sticks. Nothing is released while the pipeline is not STARTED.
-    """
+def releasable(pipeline: Pipeline) -> list[ConnectorHandle]:
+    """The paused, never-released ``start_after`` connectors whose labels are all finished (none while the
+    pipeline is not STARTED). A connector that ``start_after`` released once is never auto-started again, so a
+    user's later pause sticks."""
     if not pipeline.is_started():
         return []
-    finished = finished_labels(pipeline)
-    carried = {label for handle in pipeline.connectors() for label in handle.labels}
+    waiting = [
+        handle
+        for handle in pipeline.connectors()
+        if handle.spec.start_after
+        and not handle.spec.paused
+        and not handle.state.running
+        and not handle.state.start_after_released
+    ]
+    if not waiting:
+        return []
+    finished, carried = _labels(pipeline)
+    return [
+        handle
+        for handle in waiting
+        if all(label_is_finished(label, finished, carried) for label in handle.spec.start_after or [])
+    ]
+
+
+def release_start_after(pipeline: Pipeline) -> list[str]:
+    """Start each connector :func:`releasable` names, in a pipeline opened writable; returns the endpoints
+    started."""
     started = []
-    for handle in pipeline.connectors():
-        waits_for = handle.spec.start_after or []
-        if not waits_for or handle.state.running or handle.state.start_after_released or handle.spec.paused:
-            continue
-        if all(label_is_finished(label, finished, carried) for label in waits_for):
-            reason = f"start_after {', '.join(waits_for)} finished"
-            pipeline.ensure_created()
-            handle.state.set_running(True, reason, released_by_start_after=True)
-            started.append(handle.endpoint)
+    for handle in releasable(pipeline):
+        pipeline.ensure_created()
+        state = handle.state
+        assert not isinstance(state, ConnectorSnapshot), "releasing needs a pipeline opened writable"
+        reason = f"start_after {', '.join(handle.spec.start_after or [])} finished"
+        state.set_running(True, reason, released_by_start_after=True)
+        started.append(handle.endpoint)
     return started
+
+
+def open_for_tick(
+    project: Project, pipeline_name: str, state_dir: str | os.PathLike[str] | None = None
+) -> tuple[Pipeline, list[str]]:
+    """The pipeline as one sensor tick sees it, and the ``start_after`` connectors the tick released.
+
+    The tick reads every database once, read-only (a :class:`Pipeline` opened ``read_only``). Only when a
+    connector is to be released does it open the pipeline writable, release (the rule is checked again on what is
+    stored then) and read it again: a tick that releases nothing writes nothing.
+    """
+    pipeline = Pipeline(project, pipeline_name, state_dir, read_only=True)
+    if not releasable(pipeline):
+        return pipeline, []
+    pipeline.close()
+    writable = Pipeline(project, pipeline_name, state_dir)
+    try:
+        started = release_start_after(writable)
+    finally:
+        writable.close()
+    return Pipeline(project, pipeline_name, state_dir, read_only=True), started
 
 
 def has_work(pipeline: Pipeline, handle: ConnectorHandle) -> bool:
@@ -65,9 +111,11 @@ def tables_with_work(pipeline: Pipeline) -> dict[str, list[ConnectorHandle]]:
 
 
 def work_key(pipeline: Pipeline, table: str, handles: list[ConnectorHandle]) -> str:
-    """A run key from the connectors' read counters: the same work is never requested twice, and every read
-    (even one that found nothing new) lets the next run be requested."""
+    """A run key from the connectors' read counters and the pipeline's newest event: the same work is never
+    requested twice, and every read (even one that found nothing new) or procedure (a run that read nothing because
+    the pipeline was paused before it started, then a resume) lets the next run be requested."""
     parts = [f"{h.connector_id or h.endpoint}:{h.state.reads()}" for h in handles]
+    parts.append(f"events:{pipeline.state.last_event_id()}")
     digest = hashlib.sha256("|".join(sorted(parts)).encode()).hexdigest()[:16]
     return f"{pipeline.name}.{table}.{digest}"
 
@@ -76,8 +124,7 @@ def work_key(pipeline: Pipeline, table: str, handles: list[ConnectorHandle]) -> 
 class RunSummary:
     """What ``connectors run`` did."""
 
-    batches: list[BatchReport] = field(default_factory=list)
-    released: list[str] = field(default_factory=list)
+    totals: StreamTotals = field(default_factory=StreamTotals)
     stopped_reason: str = ""
     #: Connectors this run ingested that ended it on a fatal error: endpoint -> the error.
     fatal_errors: dict[str, str] = field(default_factory=dict)
@@ -85,19 +132,28 @@ class RunSummary:
     earlier_fatal_errors: dict[str, str] = field(default_factory=dict)
     #: Why the backup check at the start of the run failed (it never fails the run), else ``None``.
     backup_warning: str | None = None
+    #: Connectors that never end (live) and were left alone because the run was not asked to ``follow``.
+    never_ending: list[str] = field(default_factory=list)
 
     @property
     def records(self) -> int:
         """Records ingested by the run."""
-        return sum(b.records for b in self.batches)
+        return self.totals.records
+
+    @property
+    def batches(self) -> int:
+        """Batches the run ingested."""
+        return self.totals.batches
+
+    @property
+    def released(self) -> list[str]:
+        """Connectors ``start_after`` started during the run."""
+        return self.totals.released
 
     @property
     def records_by_connector(self) -> dict[str, int]:
         """Records ingested per connector (``table.connector``)."""
-        counts: dict[str, int] = {}
-        for batch in self.batches:
-            counts[batch.endpoint] = counts.get(batch.endpoint, 0) + batch.records
-        return counts
+        return {endpoint: report.records for endpoint, report in self.totals.by_endpoint.items()}
 
 
 def run_pipeline(
@@ -105,16 +161,21 @@ def run_pipeline(
     session: IngestSession,
     progress: Callable[[str], None] = print,
     max_seconds: float | None = None,
+    follow: bool = False,
+    stop: StopRequest | None = None,
 ) -> RunSummary:
-    """Ingest headless until every connector that can finish has finished, applying ``start_after`` between batches.
+    """Ingest headless, applying ``start_after`` between batches (:func:`ingest_continuously`).
 
-    Connectors that never finish (a Kafka topic without partition EOF, a followed file, an endless datagen) are
-    ingested while others still have work, and do not hold the run open. ``max_seconds`` bounds the run. A
-    connector whose reads keep failing is given up by the batch step itself (``IngestSession``'s consecutive
-    failure rule, the same in Dagster runs); the summary names it in ``fatal_errors``.
+    Without ``follow``: until every connector that can finish has finished. Connectors that never finish (a Kafka
+    topic without partition EOF, a followed file, an endless datagen) are ingested while others still have work,
+    and do not hold the run open; when only such connectors have work, nothing is ingested and the reason says so
+    and suggests ``follow``. With ``follow``: until no connector may ingest (paused, finished, given up) or
+    ``stop`` is requested (Ctrl-C / SIGTERM: the batch in progress is committed first). ``max_seconds`` bounds
+    both. A connector whose reads keep failing is given up by the batch step itself (``IngestSession``'s
+    consecutive failure rule, the same in Dagster runs); the summary names it in ``fatal_errors``.
     """
     summary = RunSummary()
-    ingested: set[str] = set()
+    stop = stop or StopRequest()
     restore_before_write(pipeline, session.clients)  # a lost state folder comes back before the run reads it
     backups = run_backup_check(pipeline, session.clients)  # a (re)start checks the 24-hour rule
     summary.backup_warning = None if backups.ok else pipeline.redact(backups.message)
@@ -124,37 +185,47 @@ def run_pipeline(
         summary.stopped_reason = f"pipeline {pipeline.name} is {pipeline.state.status}, not STARTED: nothing ingested"
         progress(summary.stopped_reason)
         return summary
-    deadline = None if max_seconds is None else time.monotonic() + max_seconds
-    idle_rounds = 0
-    while True:
-        released = release_start_after(pipeline)
-        for endpoint in released:
+
+    def until_finishing_connectors_finish(work: list[ConnectorHandle]) -> str | None:
+        if any(session.can_finish(handle) for handle in work):
+            return None
+        summary.never_ending = [handle.endpoint for handle in work]
+        if summary.totals.rounds:
+            return "every connector that can finish has finished"
+        return (
+            f"nothing can finish: {', '.join(summary.never_ending)} "
+            f"{'never ends' if len(summary.never_ending) == 1 else 'never end'} (no end of input), so nothing was "
+            f"ingested; `connectors run {pipeline.name} --follow` ingests continuously"
+        )
+
+    def released() -> list[str]:
+        started = release_start_after(pipeline)
+        for endpoint in started:
             progress(f"started {endpoint} (start_after finished)")
-        summary.released += released
-        work = [h for handles in tables_with_work(pipeline).values() for h in handles]
-        finishing = [h for h in work if session.can_finish(h)]
-        if not finishing:
-            summary.stopped_reason = "every connector that can finish has finished"
-            break
-        if deadline is not None and time.monotonic() > deadline:
-            summary.stopped_reason = f"stopped after {max_seconds}s"
-            break
-        round_records = 0
-        for handle in work:
-            report = session.ingest_batch(handle)
-            summary.batches.append(report)
-            ingested.add(handle.endpoint)
-            round_records += report.records
+        return started
+
+    ingested: set[str] = set()
+    rounds = ingest_continuously(
+        pipeline,
+        session,
+        stop,
+        commit_interval=pipeline.spec.commit_interval,
+        max_seconds=max_seconds,
+        between_rounds=released,
+        until=None if follow else until_finishing_connectors_finish,
+    )
+    for round_ in rounds:
+        summary.totals.add(round_, pipeline)
+        for report in round_.reports:
+            ingested.add(report.endpoint)
             if report.fatal_error:
-                progress(f"{handle.endpoint}: {report.fatal_error} (`connectors connector ... start` retries it)")
+                progress(f"{report.endpoint}: {report.fatal_error} (`connectors connector ... start` retries it)")
             if report.records or report.parse_errors or report.transport_errors:
                 progress(
-                    f"{handle.endpoint}: +{report.records} records, {report.parse_errors} parse errors, "
+                    f"{report.endpoint}: +{report.records} records, {report.parse_errors} parse errors, "
                     f"{report.transport_errors} transport errors" + (", end of input" if report.end_of_input else "")
                 )
-        idle_rounds = idle_rounds + 1 if round_records == 0 else 0
-        if idle_rounds:
-            time.sleep(min(0.05 * idle_rounds, 1.0))  # back off while sources have nothing new yet
+    summary.stopped_reason = stop.reason or "stopped"
     for handle in pipeline.connectors():
         fatal = handle.state.metrics().fatal_error
         if fatal:

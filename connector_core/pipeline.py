@@ -9,7 +9,7 @@ from typing import Any
 
 from connector_core.project import ConnectorSpec, PipelineSpec, Project, connector_labels
 from connector_core.secrets import Redactor, mask_secrets, resolved_secrets
-from connector_core.state import ConnectorState, PipelineState, StateStore
+from connector_core.state import ConnectorSnapshot, ConnectorState, PipelineState, StateError, StateStore
 from connector_core.vocabulary import RunState, Status
 
 
@@ -20,7 +20,8 @@ class ConnectorHandle:
     table: str
     spec: ConnectorSpec
     connector_id: str | None  #: ``None`` until the first write creates the connector's database
-    state: ConnectorState
+    #: The database; in a pipeline opened ``read_only`` (a sensor tick), a snapshot read once.
+    state: ConnectorState | ConnectorSnapshot
 
     @property
     def starts_paused(self) -> bool:
@@ -45,21 +46,39 @@ class Pipeline:
     (CONFIGURING, INSTALLED, connectors Running or Paused as declared, counters at zero) until the first write
     (a procedure, a batch, a ``start_after`` release) creates them through :meth:`ensure_created`. Ids are
     generated then and kept afterwards.
+
+    Opened ``read_only`` (what a sensor tick does), the pipeline database is opened read-only and every connector
+    database is read once, in one query through a read-only connection closed at once (a
+    :class:`ConnectorSnapshot`): the pipeline is the state as of its opening, and it cannot write.
     """
 
-    def __init__(self, project: Project, name: str, state_dir: str | os.PathLike[str] | None = None):
+    def __init__(
+        self,
+        project: Project,
+        name: str,
+        state_dir: str | os.PathLike[str] | None = None,
+        read_only: bool = False,
+    ):
         self.project = project
         self.name = name
         self.spec: PipelineSpec = project.pipeline(name)
         self._redactor: Redactor | None = None
         self.store = StateStore(project.resolve_state_dir(state_dir), redact=self.redact)
         prerequisites = [(p.id, p.title, p.url) for p in self.spec.prerequisites]
-        self.state: PipelineState = self.store.pipeline(name, create=False, prerequisites=prerequisites)
+        self.read_only = read_only
+        self.state: PipelineState = self.store.pipeline(
+            name, create=False, prerequisites=prerequisites, read_only=read_only
+        )
         self._created = False
         self._connectors: dict[tuple[str, str], ConnectorHandle] = {}
+        ids = self.state.connector_ids()
         for table, spec in self.spec.iter_connectors():
-            connector_id = self.state.connector_id(table, spec.name)
-            state = self.store.connector(name, connector_id, create=False, starts_paused=spec.starts_paused)
+            connector_id = ids.get((table, spec.name))
+            state: ConnectorState | ConnectorSnapshot
+            if read_only:
+                state = self.store.connector_snapshot(name, connector_id, spec.starts_paused)
+            else:
+                state = self.store.connector(name, connector_id, create=False, starts_paused=spec.starts_paused)
             self._connectors[(table, spec.name)] = ConnectorHandle(table, spec, connector_id, state)
 
     def ensure_created(self) -> None:
@@ -67,6 +86,8 @@ class Pipeline:
         the project file changed. Writes nothing when all is stored already; the write paths call it first."""
         if self._created:
             return
+        if self.read_only:
+            raise StateError(f"pipeline {self.name} was opened read-only; open it writable to create its databases")
         self.state.create()
         for handle in self._connectors.values():
             if handle.connector_id is None:
@@ -122,8 +143,9 @@ class Pipeline:
 
     def _catch_up(self, handle: ConnectorHandle) -> ConnectorHandle:
         """A connector that had no database when this pipeline was opened: open it if another process (a
-        procedure, an ingestion run) has created it since."""
-        if handle.connector_id is None and self.state.open_if_created():
+        procedure, an ingestion run) has created it since. (A pipeline opened ``read_only`` is a snapshot: it
+        stays as it was read.)"""
+        if handle.connector_id is None and not self.read_only and self.state.open_if_created():
             handle.connector_id = self.state.connector_id(handle.table, handle.spec.name)
             if handle.connector_id is not None:
                 handle.state = self.store.connector(

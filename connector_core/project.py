@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+import shlex
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -162,7 +164,42 @@ class SnowflakeSink(Strict):
     warehouse: str | None = None
 
 
-Sink = Annotated[DuckDBSink | SnowflakeSink, Field(discriminator="kind")]
+class KafkaSink(Strict):
+    """A channel to other pipelines: each table's records go to a Kafka topic (the table's ``topic``, default
+    ``{pipeline}.{table}``) as JSON lines, read downstream by ``kafka_input`` exactly once (``docs/channels.md``)."""
+
+    kind: Literal["kafka"]
+    connection: str = Field(description="Name of a kafka connection of the pipeline.")
+    max_message_bytes: int = Field(
+        default=900_000,
+        ge=1024,
+        description="Bytes of records per message at most (a batch takes several messages; one larger record "
+        "travels alone). Above ~1 MB the topic's max.message.bytes must allow it.",
+    )
+    partitions: int = Field(default=1, gt=0, description="Partitions of a topic the sink creates (existing: kept).")
+
+
+class CommandSink(Strict):
+    """An external program in any language that receives every batch and acknowledges it (``docs/channels.md``):
+    started once per run, fed JSON lines, each batch closed by a marker carrying its batch id; the connector's
+    state (the mark) is committed after the program echoed that marker."""
+
+    kind: Literal["command"]
+    command: list[str] = Field(min_length=1, description="argv of the program.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Given to the program as its first line (JSON).")
+    env: dict[str, str | EnvSecret] = Field(
+        default_factory=dict,
+        description="Variables given to the program on top of a minimal environment; secrets as {env: NAME}.",
+    )
+    timeout_seconds: float = Field(default=300, gt=0, description="Seconds the program may take to acknowledge.")
+
+    _env = field_validator("env")(no_literal_secrets)
+
+
+Sink = Annotated[DuckDBSink | SnowflakeSink | KafkaSink | CommandSink, Field(discriminator="kind")]
+
+#: A Kafka topic name (the broker's rule).
+TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
 
 
 # -------------------------------------------------------------------------------------------------- pipeline
@@ -203,32 +240,200 @@ class Transport(Strict):
         return TRANSPORT_CONFIG_MODELS[self.name].model_validate(self.config)
 
 
-class Processor(Strict):
-    """A step between transport and sink: a Python function over Arrow tables or an external command."""
+ParamType = Literal["string", "integer", "number", "boolean", "list", "object"]
 
-    kind: Literal["python", "command"]
-    function: str | None = Field(default=None, description="'module:function' taking and returning a pyarrow.Table")
-    command: list[str] | None = Field(default=None, description="argv of a program filtering JSON lines")
+
+class ProcessorParam(Strict):
+    """One declared argument of a processor; without a ``default`` it is required."""
+
+    type: ParamType
+    default: Any = None
+    description: str | None = None
+
+    @property
+    def required(self) -> bool:
+        """Whether a use must give this argument (no ``default`` key)."""
+        return "default" not in self.model_fields_set
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not of this parameter's type, else ``None``."""
+        if isinstance(value, _PARAM_TYPES[self.type]) and not (isinstance(value, bool) and self.type != "boolean"):
+            return None
+        return f"must be {'an' if self.type[0] in 'aeiou' else 'a'} {self.type}, not {_yaml_type(value)} {value!r:.60}"
+
+    @model_validator(mode="after")
+    def _default_fits(self) -> ProcessorParam:
+        if not self.required and self.default is not None and (problem := self.problem(self.default)):
+            raise ValueError(f"default {problem}")
+        return self
+
+
+class Processor(Strict):
+    """A step between transport and sink (``docs/processors.md``): a Python function over Arrow tables or pandas
+    DataFrames, a DuckDB ``SELECT ... FROM batch``, or an external program in any language."""
+
+    kind: Literal["python", "sql", "command"]
+    function: str | None = Field(
+        default=None, description="python: 'module:function' (or 'module:Class') taking a pyarrow.Table or DataFrame"
+    )
+    query: str | None = Field(default=None, description="sql: one DuckDB SELECT over the table 'batch'; args as $name")
+    command: list[str] | None = Field(default=None, description="command: argv of the program")
+    protocol: Literal["filter", "jsonl", "arrow"] = Field(
+        default="filter",
+        description="command: filter (one run per batch, JSON lines to EOF), jsonl or arrow (one long-lived program)",
+    )
+    timeout_seconds: float = Field(default=300, gt=0, description="Seconds one batch may take.")
     env: dict[str, str | EnvSecret] = Field(
         default_factory=dict,
         description="command: variables given to the program on top of a minimal environment; secrets as {env: NAME}.",
     )
+    description: str | None = None
+    params: dict[str, ProcessorParam] = Field(default_factory=dict, description="argument name -> type and default")
 
     _env = field_validator("env")(no_literal_secrets)
 
     @model_validator(mode="after")
     def _one_target(self) -> Processor:
-        if self.kind == "python" and not self.function:
-            raise ValueError("a python processor needs 'function: module:function'")
-        if self.kind == "command" and not self.command:
-            raise ValueError("a command processor needs 'command: [program, args...]'")
+        if self.kind is None or getattr(self, "use", None) is not None:  # a connector's reference {use: NAME}
+            return self
+        target = {"python": "function", "sql": "query", "command": "command"}[self.kind]
+        if not getattr(self, target):
+            raise ValueError(_TARGET_HINTS[self.kind])
+        own = {target, "protocol", "env"} if self.kind == "command" else {target}
+        stray = sorted(({"function", "query", "command", "protocol", "env"} & self.model_fields_set) - own)
+        if stray:
+            raise ValueError(f"{', '.join(stray)}: not used by a {self.kind} processor; remove it")
+        if self.kind == "python" and not re.fullmatch(r"[\w.]+:[\w.]+", self.function or ""):
+            raise ValueError(f"function {self.function!r} must be written 'module:function' (or 'module:Class')")
         return self
+
+    @property
+    def target(self) -> str:
+        """What runs: ``python mod:fn``, ``sql SELECT ...`` or ``command prog args``."""
+        if self.kind == "python":
+            return f"python {self.function}"
+        if self.kind == "sql":
+            query = " ".join((self.query or "").split())
+            return f"sql {query if len(query) <= 60 else query[:57] + '...'}"
+        return f"command {shlex.join(self.command or [])}"
+
+
+class ProcessorEntry(Processor):
+    """One entry of a connector's ``processors``: an inline processor (which may carry ``args``), or a reference
+    ``{use: NAME, args: {...}}`` to the pipeline's ``processors`` map."""
+
+    kind: Literal["python", "sql", "command"] | None = None  # type: ignore[assignment]
+    use: str | None = Field(default=None, description="name of a processor of the pipeline's processors map")
+    args: dict[str, Any] = Field(default_factory=dict, description="arguments (checked against the params)")
+
+    @model_validator(mode="after")
+    def _inline_or_reference(self) -> ProcessorEntry:
+        if self.use is not None:
+            extra = sorted(self.model_fields_set - {"use", "args"})
+            if extra:
+                raise ValueError(
+                    f"a reference {{use: {self.use}}} takes only 'args'; remove {', '.join(extra)} (or define the "
+                    "processor inline, without 'use')"
+                )
+        elif self.kind is None:
+            raise ValueError(
+                "a processor needs 'use: NAME' (a processor of the pipeline's processors map) or 'kind' "
+                "(python, sql or command)"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class ProcessorUse:
+    """A processor as one connector uses it: its definition and its arguments, defaults applied."""
+
+    definition: Processor
+    args: dict[str, Any]
+    name: str | None = None  #: its name in the pipeline's ``processors`` map; ``None`` for an inline processor
+
+    @property
+    def label(self) -> str:
+        """How messages name it: its name in the map, else what it runs."""
+        return self.name or self.definition.target
+
+
+class ProcessorUseError(ValueError):
+    """A connector's processor entry that does not fit: ``problems`` are (key path below the entry, why)."""
+
+    def __init__(self, problems: list[tuple[KeyPath, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{key_path(where)}: {why}" for where, why in problems))
+
+
+def resolve_processor(entry: Processor, known: Mapping[str, Processor]) -> ProcessorUse:
+    """One connector processor entry as a :class:`ProcessorUse`: a reference looked up in ``known`` (the
+    pipeline's map), arguments checked against the declared ``params`` and defaults applied.
+
+    An inline processor without ``params`` passes its ``args`` on unchecked. Raises :class:`ProcessorUseError`.
+    """
+    name = getattr(entry, "use", None)
+    args: dict[str, Any] = dict(getattr(entry, "args", None) or {})
+    if name is None:
+        definition, checked = entry, bool(entry.params)
+    elif name in known:
+        definition, checked = known[name], True
+    else:
+        names = ", ".join(sorted(known)) or "none is defined"
+        why = f"unknown processor {name!r}; the pipeline's processors are: {names} (pipeline key 'processors')"
+        raise ProcessorUseError([(("use",), why)])
+    if not checked:
+        return ProcessorUse(definition, args, name)
+    problems: list[tuple[KeyPath, str]] = []
+    params = definition.params
+    for arg in args:
+        if arg not in params:
+            takes = f"its arguments are: {', '.join(params)}" if params else "it takes no arguments"
+            why = f"unknown argument {arg!r} of processor {name or definition.target}; {takes}"
+            problems.append((("args", arg), why))
+    resolved: dict[str, Any] = {}
+    for param_name, param in params.items():
+        if param_name in args:
+            if problem := param.problem(args[param_name]):
+                problems.append((("args", param_name), f"argument {param_name!r} {problem}"))
+            resolved[param_name] = args[param_name]
+        elif param.required:
+            about = f" ({param.description})" if param.description else ""
+            problems.append(
+                (("args", param_name), f"missing required argument {param_name!r}: a {param.type}{about}; add it")
+            )
+        else:
+            resolved[param_name] = param.default
+    if problems:
+        raise ProcessorUseError(problems)
+    return ProcessorUse(definition, resolved, name)
+
+
+_PARAM_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "list": (list,),
+    "object": (dict,),
+}
+_TARGET_HINTS = {
+    "python": "a python processor needs 'function: module:function'",
+    "sql": "a sql processor needs 'query: SELECT ... FROM batch'",
+    "command": "a command processor needs 'command: [program, args...]'",
+}
+
+
+def _yaml_type(value: Any) -> str:
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 class ConnectorSpec(Strict):
     """One input feeding one table from one transport."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(
+        pattern=NAME_PATTERN, description="unique in its table; a connector without one is named unnamed-{index}"
+    )
     paused: bool = False
     labels: list[str] = Field(default_factory=list)
     start_after: list[str] | None = None
@@ -240,7 +445,10 @@ class ConnectorSpec(Strict):
     )
     transport: Transport
     format: Format | None = None
-    processors: list[Processor] = Field(default_factory=list)
+    processors: list[ProcessorEntry] = Field(
+        default_factory=list,
+        description="in order, between transport and sink: inline processors or {use: NAME, args: {...}}",
+    )
 
     @field_validator("start_after", mode="before")
     @classmethod
@@ -270,7 +478,14 @@ class TableSpec(Strict):
     """A destination table and the connectors that fill it."""
 
     columns: dict[str, str] | None = Field(default=None, description="column name -> SQL type")
+    topic: str | None = Field(
+        default=None, pattern=TOPIC_PATTERN, description="kafka sink: the table's topic (default {pipeline}.{table})"
+    )
     connectors: list[ConnectorSpec] = Field(min_length=1)
+
+    def topic_name(self, pipeline: str, table: str) -> str:
+        """The topic a kafka sink writes this table to: ``topic``, else ``{pipeline}.{table}``."""
+        return self.topic or f"{pipeline}.{table}"
 
     @field_validator("columns")
     @classmethod
@@ -281,6 +496,20 @@ class TableSpec(Strict):
                     f"column {column!r} has unknown type {sql_type!r}; use one of {', '.join(sorted(COLUMN_TYPES))}"
                 )
         return {c: t.upper() for c, t in columns.items()} if columns else columns
+
+    @field_validator("connectors", mode="before")
+    @classmethod
+    def _name_unnamed(cls, connectors: Any) -> Any:
+        """A connector without ``name`` is named ``unnamed-{index}`` (its 0-based place in the list, as Feldera
+        names them); a name given explicitly is kept, and duplicates are still refused after."""
+        if not isinstance(connectors, list):
+            return connectors
+        return [
+            {**connector, "name": f"unnamed-{index}"}
+            if isinstance(connector, dict) and connector.get("name") is None
+            else connector
+            for index, connector in enumerate(connectors)
+        ]
 
     @field_validator("connectors")
     @classmethod
@@ -321,13 +550,27 @@ class PipelineSpec(Strict):
 
     org_slug: str = Field(default="default", pattern=NAME_PATTERN)
     sink: Sink = Field(default_factory=lambda: DuckDBSink(kind="duckdb"))
+    processors: dict[str, Processor] = Field(
+        default_factory=dict, description="processors written once, used by connectors as {use: NAME, args: {...}}"
+    )
     connections: dict[str, Connection] = Field(default_factory=dict)
     prerequisites: list[Prerequisite] = Field(default_factory=list)
     backup: Backup = Field(default_factory=Backup)
     hooks: Hooks = Field(default_factory=Hooks)
+    commit_interval: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between commits of a live connector at most (a continuous run's idle wait; "
+        "connector_core/streaming.py).",
+    )
+    max_run_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds a Dagster ingest run streams before it ends and the sensor starts the next.",
+    )
     tables: dict[str, TableSpec] = Field(min_length=1)
 
-    @field_validator("connections", "tables")
+    @field_validator("connections", "tables", "processors")
     @classmethod
     def _names(cls, items: dict[str, Any]) -> dict[str, Any]:
         for key in items:
@@ -350,6 +593,10 @@ class PipelineSpec(Strict):
                 return connector
         names = ", ".join(c.name for c in self.tables[table].connectors)
         raise LookupError(f"no connector {name!r} in table {table!r}; connectors: {names}")
+
+    def processor_uses(self, connector: ConnectorSpec) -> list[ProcessorUse]:
+        """The connector's processors in order, references resolved and argument defaults applied."""
+        return [resolve_processor(entry, self.processors) for entry in connector.processors]
 
 
 class Project(Strict):
@@ -457,7 +704,8 @@ def _parse_project(data: Any, path: Path | str, text: str | None) -> Project:
         raise ProjectFileError(path, list(dict.fromkeys(_with_lines(located, text)))) from None
     project.source_path = Path(path) if path != "<memory>" else None
     problems = [problem for name, pipeline in project.pipelines.items() for problem in _graph_problems(name, pipeline)]
-    problems += _with_lines(_path_problems(project), text)
+    problems += _with_lines(_path_problems(project) + _processor_problems(project), text)
+    problems += _with_lines(_channel_problems(project), text)
     if problems:
         raise ProjectFileError(path, problems)
     return project
@@ -479,6 +727,33 @@ def load_project(path: str | os.PathLike[str] | None = None) -> Project:
     if not isinstance(data, dict):
         raise ProjectFileError(chosen, ["the file must be a mapping with a top-level 'pipelines' key"])
     return parse_project(data, chosen, text)
+
+
+# -------------------------------------------------------------------------------------------------- channels
+def _channel_problems(project: Project) -> list[tuple[KeyPath, str]]:
+    """A kafka sink naming a connection that is missing or not a kafka one; a table ``topic`` without a kafka
+    sink (nothing would write it): (key path, why and the fix)."""
+    problems: list[tuple[KeyPath, str]] = []
+    for name, pipeline in project.pipelines.items():
+        sink = pipeline.sink
+        if not isinstance(sink, KafkaSink):
+            why = f"only a kafka sink writes topics, and this pipeline's sink is {sink.kind}; remove 'topic'"
+            problems += [
+                (("pipelines", name, "tables", table_name, "topic"), why)
+                for table_name, table in pipeline.tables.items()
+                if table.topic is not None
+            ]
+            continue
+        at: KeyPath = ("pipelines", name, "sink", "connection")
+        connection = pipeline.connections.get(sink.connection)
+        if connection is None:
+            known = ", ".join(pipeline.connections) or "none"
+            why = f"no connection {sink.connection!r} (connections: {known}); add it with kind: kafka"
+            problems.append((at, why))
+        elif connection.kind != "kafka":
+            why = f"connection {sink.connection!r} is a {connection.kind} connection; a kafka sink needs a kafka one"
+            problems.append((at, why))
+    return problems
 
 
 # ----------------------------------------------------------------------------------------------------- paths
@@ -538,6 +813,37 @@ def _state_dir_problems(state_dir: Path) -> list[str]:
     except OSError:  # a folder that cannot be looked into: what uses the state says why
         return []
     return []
+
+
+# ------------------------------------------------------------------------------------------------ processors
+def _processor_problems(project: Project) -> list[tuple[KeyPath, str]]:
+    """Processors (and a command sink) that cannot run, as (key path, why and the fix): unknown names, arguments that do not fit the
+    declared ``params``, python functions that cannot be imported (from the project folder or the environment),
+    programs found neither on PATH nor relative to the project folder, SQL that is not one SELECT."""
+    from connector_core.processors.locate import program_problem, target_problems  # the runners' own lookup
+
+    problems: list[tuple[KeyPath, str]] = []
+    for pipeline_name, pipeline in project.pipelines.items():
+        if isinstance(pipeline.sink, CommandSink):
+            problem = program_problem(pipeline.sink.command, pipeline.sink.env, project.base_dir)
+            problems += [(("pipelines", pipeline_name, "sink", "command"), problem)] if problem else []
+        for name, definition in pipeline.processors.items():
+            at: KeyPath = ("pipelines", pipeline_name, "processors", name)
+            found = target_problems(definition, set(definition.params), project.base_dir)
+            problems += [((*at, *where), why) for where, why in found]
+        for table_name, table in pipeline.tables.items():
+            for index, connector in enumerate(table.connectors):
+                for position, entry in enumerate(connector.processors):
+                    at = ("pipelines", pipeline_name, "tables", table_name, "connectors", index, "processors", position)
+                    try:
+                        use = resolve_processor(entry, pipeline.processors)
+                    except ProcessorUseError as exc:
+                        problems += [((*at, *where), why) for where, why in exc.problems]
+                        continue
+                    if use.name is None:
+                        found = target_problems(entry, set(entry.params or entry.args), project.base_dir)
+                        problems += [((*at, *where), why) for where, why in found]
+    return problems
 
 
 # ---------------------------------------------------------------------------------------- start_after graph

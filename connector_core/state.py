@@ -21,6 +21,7 @@ import json
 import os
 import sqlite3
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -101,7 +102,9 @@ class StateDB:
 
     With ``create=False`` a database that does not exist yet is not created: the object is *absent*
     (:attr:`exists` is false), its readers answer the initial state, and the first :meth:`transaction` creates
-    the file. Opening an existing file writes nothing unless its schema is older than this program's.
+    the file. Opening an existing file writes nothing unless its schema is older than this program's. With
+    ``read_only`` (and ``create=False``) an absent database stays absent and an existing one is opened read-only:
+    nothing is ever created, migrated or written.
     """
 
     def __init__(
@@ -119,7 +122,7 @@ class StateDB:
         self._conn: sqlite3.Connection | None = None
         if self.path is not None and self.path.exists():
             self._open()
-        elif read_only:
+        elif read_only and create:
             raise StateError(f"state database {self.path} does not exist")
         elif create:
             self.create()
@@ -133,6 +136,8 @@ class StateDB:
         """Create the database file (schema included) when it does not exist yet; open it."""
         if self._conn is not None:
             return
+        if self.read_only:
+            raise StateError(f"state database {self.path} was opened read-only; it cannot be created")
         if self.path is None:
             raise StateError("this state database has no path yet (its connector has no id)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -263,6 +268,7 @@ class PipelineState(StateDB):
     ):
         self.declared_prerequisites = list(prerequisites)
         self.lock_path = Path(path).with_suffix(".lock")
+        self._app_state: dict[str, str] | None = None  #: ``app_state`` as read once, when opened read-only
         super().__init__(path, PIPELINE_MIGRATIONS, read_only, create, redact)
 
     def create(self) -> None:
@@ -295,6 +301,10 @@ class PipelineState(StateDB):
         """One value of ``app_state`` (the initial value while the database does not exist)."""
         if not self.open_if_created():
             return self.INITIAL.get(key)
+        if self.read_only:  # a snapshot (a sensor tick): read once, then answered from memory
+            if self._app_state is None:
+                self._app_state = {row[0]: row[1] for row in self.query("SELECT key, value FROM app_state")}
+            return self._app_state.get(key)
         rows = self.query("SELECT value FROM app_state WHERE key = ?", (key,))
         return rows[0]["value"] if rows else None
 
@@ -400,7 +410,18 @@ class PipelineState(StateDB):
         """The newest events first."""
         return [dict(r) for r in self.query("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))]
 
+    def last_event_id(self) -> int:
+        """The id of the newest event (0 when there is none): it changes with every procedure (a pause, a resume,
+        a connector started), so a run key that includes it is new after each of them."""
+        rows = self.query("SELECT coalesce(max(id), 0) FROM events")
+        return int(rows[0][0]) if rows else 0
+
     # -- connectors
+    def connector_ids(self) -> dict[tuple[str, str], str]:
+        """The id of every connector that has one, by ``(table, connector)`` (one query)."""
+        rows = self.query("SELECT table_name, connector_name, connector_id FROM connectors")
+        return {(table, name): connector_id for table, name, connector_id in rows}
+
     def connector_id(self, table: str, connector: str) -> str | None:
         """The id of ``table.connector`` (``None`` until a write gave it one)."""
         rows = self.query(
@@ -773,6 +794,138 @@ class ConnectorState(StateDB):
         )
 
 
+#: Everything a sensor tick reads of a connector database, in one statement.
+SNAPSHOT_QUERY = (
+    "SELECT (SELECT value FROM runtime WHERE key = 'state'), "
+    "(SELECT value FROM runtime WHERE key = 'start_after_released'), "
+    "o.position, o.batch_seq, o.reads, m.total_records, m.total_bytes, m.buffered_records, m.end_of_input, "
+    "m.num_parse_errors, m.num_transport_errors, m.fatal_error, m.consecutive_failures, "
+    "(SELECT user_version FROM pragma_user_version) "
+    "FROM offsets AS o, metrics AS m WHERE o.id = 1 AND m.id = 1"
+)
+
+
+@dataclass(slots=True)
+class ConnectorSnapshot:
+    """A connector database as one read saw it: what a sensor tick needs (run state, ``start_after`` release,
+    metrics, read counter, position), read in one query through a read-only connection that is closed at once.
+
+    It answers the readers of :class:`ConnectorState` that the orchestration rules use, so the same rules run on
+    it; it cannot write. An absent database (no id yet, or no file) answers the initial state.
+    """
+
+    starts_paused: bool
+    exists: bool = False
+    stored_state: str | None = None
+    start_after_released: bool = False
+    counters: ConnectorMetrics = field(default_factory=ConnectorMetrics)
+    read_count: int = 0
+    position_json: str | None = None
+    batch_seq: int = 0
+
+    @classmethod
+    def read(cls, path: Path | str | None, starts_paused: bool) -> ConnectorSnapshot:
+        """Read the database at ``path`` read-only (it is never created, migrated or written)."""
+        if path is None:
+            return cls(starts_paused)
+        try:
+            conn = sqlite3.connect(
+                f"file:{urllib.parse.quote(str(path))}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            if not os.path.exists(path):
+                return cls(starts_paused)
+            raise StateError(f"cannot open state database {path}: {exc}") from exc
+        try:
+            row = conn.execute(SNAPSHOT_QUERY).fetchone()
+        except sqlite3.OperationalError:
+            row = None  # an older schema: read below through the usual connection, which brings it up to date
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot read state database {path}: {exc}") from exc
+        finally:
+            conn.close()
+        if row is None:
+            return cls._through_state(Path(path), starts_paused)
+        if row[13] > len(CONNECTOR_MIGRATIONS):
+            raise StateError(
+                f"{path} has schema version {row[13]}, newer than this program knows "
+                f"({len(CONNECTOR_MIGRATIONS)}); upgrade dagster-connectors"
+            )
+        return cls(
+            starts_paused,
+            exists=True,
+            stored_state=row[0],
+            start_after_released=row[1] == "true",
+            counters=ConnectorMetrics(
+                total_records=row[5],
+                total_bytes=row[6],
+                buffered_records=row[7],
+                end_of_input=bool(row[8]),
+                num_parse_errors=row[9],
+                num_transport_errors=row[10],
+                fatal_error=row[11],
+                consecutive_failures=row[12],
+            ),
+            read_count=row[4],
+            position_json=row[2],
+            batch_seq=row[3],
+        )
+
+    @classmethod
+    def _through_state(cls, path: Path, starts_paused: bool) -> ConnectorSnapshot:
+        """The snapshot of a database of an older schema, read as :class:`ConnectorState` reads it."""
+        state = ConnectorState(path, create=False, starts_paused=starts_paused)
+        try:
+            raw = state.query("SELECT position, batch_seq FROM offsets WHERE id = 1")
+            return cls(
+                starts_paused,
+                exists=state.exists,
+                stored_state=state.runtime("state"),
+                start_after_released=state.start_after_released,
+                counters=state.metrics(),
+                read_count=state.reads(),
+                position_json=raw[0]["position"] if raw else None,
+                batch_seq=raw[0]["batch_seq"] if raw else 0,
+            )
+        finally:
+            state.close()
+
+    @property
+    def run_state(self) -> RunState:
+        """The connector's own state (before the database exists: Paused when it starts paused)."""
+        if self.stored_state is not None:
+            return RunState(self.stored_state)
+        return RunState.PAUSED if self.starts_paused else RunState.RUNNING
+
+    @property
+    def running(self) -> bool:
+        """Whether the connector's own state is ``Running``."""
+        return self.run_state is RunState.RUNNING
+
+    def metrics(self) -> ConnectorMetrics:
+        """The counters as read."""
+        return self.counters
+
+    def reads(self) -> int:
+        """How many reads the connector had made."""
+        return self.read_count
+
+    def position(self) -> tuple[Any, int]:
+        """The stored source position (JSON) and batch sequence number."""
+        return (json.loads(self.position_json) if self.position_json else None), self.batch_seq
+
+    def open_if_created(self) -> bool:
+        """Whether the database existed when it was read (a snapshot is not refreshed)."""
+        return self.exists
+
+    def close(self) -> None:
+        """Nothing to close: the connection closed after the read."""
+
+
 # ------------------------------------------------------------------------------------------------- store
 class StateStore:
     """Finds the state databases of a project under one ``state_dir``; every database it opens redacts its
@@ -790,15 +943,28 @@ class StateStore:
         """``{state_dir}/{pipeline}/connector/{connector_id}/sqlite.db``."""
         return self.state_dir / pipeline / "connector" / connector_id / "sqlite.db"
 
+    def connector_snapshot(self, pipeline: str, connector_id: str | None, starts_paused: bool) -> ConnectorSnapshot:
+        """A connector database read once, read-only (:class:`ConnectorSnapshot`; the initial state without an id
+        or a file)."""
+        if connector_id is None:
+            return ConnectorSnapshot(starts_paused)
+        return ConnectorSnapshot.read(f"{self.state_dir}/{pipeline}/connector/{connector_id}/sqlite.db", starts_paused)
+
     def pipeline(
         self,
         pipeline: str,
         create: bool = True,
         prerequisites: Sequence[tuple[str, str, str | None]] = (),
+        read_only: bool = False,
     ) -> PipelineState:
-        """The pipeline database (created when needed, unless ``create`` is false)."""
+        """The pipeline database (created when needed, unless ``create`` is false; with ``read_only``, opened
+        read-only when it exists and never created)."""
         return PipelineState(
-            self.pipeline_path(pipeline), create=create, prerequisites=prerequisites, redact=self.redact
+            self.pipeline_path(pipeline),
+            read_only=read_only,
+            create=create and not read_only,
+            prerequisites=prerequisites,
+            redact=self.redact,
         )
 
     def connector(

@@ -4,6 +4,9 @@ Each tick reads every connector's state, starts the paused ``start_after`` conne
 finished, and requests one run per table whose active connectors still have data left. The ``run_key`` is
 derived from the connectors' stored positions (``connector_core.orchestration.work_key``), so the same work is
 never launched twice, across ticks and daemon restarts alike. The cursor records the positions seen.
+
+A tick reads every state database once, read-only, in one query each (``open_for_tick``); it writes only to
+release a ``start_after`` connector. Its cost grows linearly with the connectors (``benchmarks/sensor.py``).
 """
 
 from __future__ import annotations
@@ -16,8 +19,7 @@ import dagster as dg
 
 from connector_assets.names import PIPELINE_TAG, TABLE_TAG, orchestration_sensor_name, pipeline_tags
 from connector_assets.translator import table_asset_keys
-from connector_core.orchestration import release_start_after, tables_with_work, work_key
-from connector_core.pipeline import Pipeline
+from connector_core.orchestration import open_for_tick, tables_with_work, work_key
 from connector_core.project import Project
 from connector_core.vocabulary import Status
 
@@ -86,9 +88,8 @@ def build_orchestration_sensor(
         tags=pipeline_tags(pipeline_name),
     )
     def _orchestration(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-        pipeline = Pipeline(project, pipeline_name, state_dir)
+        pipeline, started = open_for_tick(project, pipeline_name, state_dir)
         try:
-            started = release_start_after(pipeline)
             if started:
                 context.log.info(f"{pipeline_name}: started {', '.join(started)} (start_after labels finished)")
             status = pipeline.state.status

@@ -390,7 +390,7 @@ def test_connector_start_pause_and_stats_shape(started: Cli) -> None:
     assert (stats["paused"], stats["active"]) == (False, True)
     assert started.json("connector", "demo", "numbers", "waiting", "pause")["state"] == "Paused"
 
-    text = started("connector", "demo", "numbers", "waiting", "stats").stdout
+    text = started("connector", "demo", "numbers", "waiting", "stats", "--format", "text").stdout
     assert "numbers.waiting" in text and "paused: yes" in text and "records: 0" in text
 
 

@@ -154,3 +154,18 @@ def test_the_sensor_requests_the_keys_a_custom_translator_gives(
     lifecycle(project_file, "setup", confirm_prerequisites=True)
     runs = requested(tick(defs, instance))
     assert runs["price"].asset_selection == [dg.AssetKey(["raw", "demo", "price"])]
+
+
+def test_a_run_that_read_nothing_before_a_pause_does_not_block_the_next_run_after_resume(
+    defs: dg.Definitions, instance: dg.DagsterInstance, project_file: Path
+) -> None:
+    """The run key changes with the pipeline's procedures too: a run requested, then the pipeline paused before the
+    run read anything, then resumed, gets a new key (Dagster drops a run request whose key it has seen)."""
+    lifecycle(project_file, "setup", confirm_prerequisites=True)
+    first = requested(tick(defs, instance))["archive"].run_key
+    lifecycle(project_file, "pause")
+    assert "PAUSED" in skipped(tick(defs, instance))
+    lifecycle(project_file, "resume")
+    again = requested(tick(defs, instance))["archive"].run_key
+    assert again != first, "the same key would be dropped as already requested"
+    assert requested(tick(defs, instance))["archive"].run_key == again, "and it stays stable while nothing happens"

@@ -16,7 +16,12 @@ from connector_core.lifecycle.engine import (
 from connector_core.vocabulary import WIZARD_STEPS_BEFORE_FINAL, ConfigurationStatus, ResponseCode, Status
 
 #: Sink fields the ``configure`` step accepts, per sink kind.
-SINK_FIELDS = {"duckdb": ("path", "schema"), "snowflake": ("connection", "database", "schema", "warehouse")}
+SINK_FIELDS = {
+    "duckdb": ("path", "schema"),
+    "snowflake": ("connection", "database", "schema", "warehouse"),
+    "kafka": ("max_message_bytes", "partitions"),
+    "command": ("timeout_seconds",),
+}
 
 
 class WizardProcedures(ProcedureEngine):

@@ -1,7 +1,9 @@
 """Sinks: where tables land. Rows and the source position they came from commit in one transaction.
 
 ``base``: the :class:`Sink` protocol; ``marks``: the exactly-once mark protocol both databases share; ``duckdb`` and
-``snowflake``: the sinks.
+``snowflake``: the database sinks; ``kafka``: the channel writer (topics of JSON lines, marks in the connectors'
+state, see ``docs/channels.md``); ``command``: a program acknowledging each batch (marks in the state too);
+``state_marks``: what those two share.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ def open_sink(pipeline: Pipeline, clients: ConnectionClients, hold_connection: b
     """The sink of ``pipeline`` (project file overlaid with stored settings), reached through ``clients``.
 
     ``hold_connection`` keeps a DuckDB database open between calls until the sink's ``close()`` (faster
-    batches; the file stays locked by this process meanwhile).
+    batches; the file stays locked by this process meanwhile). A kafka sink keeps its producer until ``close()``.
     """
     settings = pipeline.sink_settings()
     kind = settings.get("kind")
@@ -39,7 +41,15 @@ def open_sink(pipeline: Pipeline, clients: ConnectionClients, hold_connection: b
             settings["schema"],
             settings.get("warehouse"),
         )
-    raise SinkError(f"pipeline {pipeline.name}: unknown sink kind {kind!r}; use duckdb or snowflake")
+    if kind == "kafka":
+        from connector_core.sinks.kafka import open_kafka_sink
+
+        return open_kafka_sink(pipeline, clients, settings)
+    if kind == "command":
+        from connector_core.sinks.command import open_command_sink
+
+        return open_command_sink(pipeline, settings)
+    raise SinkError(f"pipeline {pipeline.name}: unknown sink kind {kind!r}; use duckdb, snowflake, kafka or command")
 
 
 def prepare_tables(sink: Sink, pipeline: Pipeline) -> list[str]:

@@ -222,16 +222,22 @@ class DuckDBSink:
         screen (:meth:`_json_screen`)."""
 
         def read(buffer: pa.Buffer, _schema: pa.Schema | None) -> pa.Table:
-            # Records of any size (DuckDB's default limit is 16 MB a record; a larger limit slows its reader down,
-            # so only this record-by-record path raises it).
-            source = self._read_json_sql(table, largest_record=buffer.size + 1)
+            # Records of any size: DuckDB's default limit (16 MB a record) first, as a larger limit slows its
+            # reader down by half (a 32 MB limit: 0.23 s -> 0.40 s for 80 MB, and a slower checkpoint); the
+            # piece is read again with a limit above its size only when DuckDB says a record exceeds it.
             with (
                 self._failing(f"read JSON for {self._name(table)}"),
                 _scratch_file(memoryview(buffer)) as path,
                 self.connect() as conn,
-                _rejected_records(),
             ):
-                return conn.sql(source(path)).to_arrow_table()
+                try:
+                    with _rejected_records():
+                        return conn.sql(self._read_json_sql(table)(path)).to_arrow_table()
+                except RecordError as exc:
+                    if buffer.size <= _DEFAULT_LARGEST_RECORD or "maximum_object_size" not in str(exc.__cause__):
+                        raise
+                with _rejected_records():
+                    return conn.sql(self._read_json_sql(table, largest_record=buffer.size + 1)(path)).to_arrow_table()
 
         return RecordReader(read, self._json_screen(table))
 

@@ -2,16 +2,22 @@
 
 Position: ``{"<partition>": next_offset, ...}`` for every partition of the topic; it is written by the sink
 together with the rows, so it is the source of truth (the consumer group only gets a best-effort copy, for
-monitoring tools). ``start_from`` (``earliest``, ``latest`` or ``{offsets: [one per partition]}``) applies only
+monitoring tools). Once the topic carried channel messages (written by a kafka sink, headers of
+:mod:`connector_core.channel`) the position is ``{"offsets": {"<partition>": next_offset}, "writers":
+{"<writer connector id>": next record number}}``: a message's records numbered below its writer's entry were handed
+on before (the writer sent them again after a crash) and are dropped, in the same commit as the downstream rows
+(``docs/channels.md``). Both shapes are read. ``start_from`` (``earliest``, ``latest`` or ``{offsets: [one per partition]}``) applies only
 when no position is stored; a partition missing from a stored position (added to the topic later), or from the
 ``offsets`` list, starts at its earliest offset.
 
 A batch is up to ``max_records`` messages or ``chunk_size`` bytes of values (one message more when it crosses that
 bound; messages fetched beyond it are sought back and read by the next batch), or what arrived within
-``poll_timeout_seconds``, or less when every partition is at its end. ``data`` is the message values, one per line
-(a newline inside a JSON value is turned into a space; a CSV record must hold none); formats read whole (parquet, a
-JSON array) are refused. ``buffered_records`` is the lag: high watermark − next offset, summed.
-End of input only with ``enable.partition.eof: true`` and every partition at its end.
+``poll_timeout_seconds``, or less when every partition is at its end (a channel message counts as the records it
+holds). ``data`` is the message values, one per line (a newline inside a JSON value is turned into a space; a CSV
+record must hold none); a channel message is JSON lines and is handed on as its lines. Formats read whole (parquet,
+a JSON array) are refused. Messages without channel headers are handed on as they are. ``buffered_records`` is the lag: high watermark − next offset, summed.
+End of input only with ``enable.partition.eof: true`` and every partition at its end (its partition EOF, or its
+next offset at the high watermark of the broker's last fetch answer: the same moment, one held fetch sooner).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from connector_core.channel import ChannelHeaders, MalformedHeaders, WriterProgress
 from connector_core.formats import framing_of
 from connector_core.transports.base import ReadResult, TransportContext, TransportError
 from connector_core.transports.configs import KafkaInputConfig
@@ -76,14 +83,22 @@ def consumer_settings(ctx: TransportContext, config: KafkaInputConfig) -> dict[s
     return settings
 
 
-def _normalise(position: Any) -> dict[int, int] | None:
+def _normalise(position: Any) -> tuple[dict[int, int] | None, WriterProgress]:
+    """The stored offsets per partition (``None``: no position yet) and the channel writers' progress. Reads both
+    shapes: ``{partition: offset}`` and ``{"offsets": {...}, "writers": {...}, "holes": {...}}``."""
     if position is None:
-        return None
+        return None, WriterProgress()
     if not isinstance(position, dict):
         raise TransportError(f"kafka_input: invalid position {position!r}; expected {{partition: next offset}}")
+    offsets, writers, holes = position, {}, {}
+    if "offsets" in position:
+        offsets, writers, holes = position["offsets"], position.get("writers") or {}, position.get("holes") or {}
     try:
-        return {int(p): int(o) for p, o in position.items()}
-    except (TypeError, ValueError):
+        return {int(p): int(o) for p, o in offsets.items()}, WriterProgress(
+            {str(w): int(n) for w, n in writers.items()},
+            {str(w): [[int(a), int(b)] for a, b in ranges] for w, ranges in holes.items()},
+        )
+    except (AttributeError, TypeError, ValueError):
         raise TransportError(f"kafka_input: invalid position {position!r}") from None
 
 
@@ -101,6 +116,7 @@ class KafkaReader:
                 "not parquet or a JSON array"
             )
         self._newlines_to_spaces = framing.newlines_are_whitespace
+        self._log = ctx.log
         settings = consumer_settings(ctx, self._config)
         self._servers = str(settings.get("bootstrap.servers", "?"))
         logger = logging.Logger(f"connectors.kafka.{ctx.pipeline}.{ctx.table}.{ctx.connector.name}")
@@ -113,24 +129,28 @@ class KafkaReader:
         self._next: dict[int, int] = {}  #: next offset to read, per partition
         self._at_end: set[int] = set()  #: partitions whose end was reached (and nothing read since)
         self._assigned = False
-        self._handed_out: dict[int, int] | None = None  #: the position returned by the last read
+        self._writers = WriterProgress()  #: channel writers' next record numbers, as of the records handed out
+        self._handed_out: dict[str, Any] | None = None  #: the position the last read returned
 
     # -------------------------------------------------------------------------------------------- reading
     def read(self, position: Any, max_records: int) -> ReadResult:
-        """Consume up to ``max_records`` messages after ``position``."""
+        """Consume up to ``max_records`` records (messages, or the records of channel messages) after
+        ``position``."""
         consumer = self._open_consumer()
-        stored = _normalise(position)
-        if not self._assigned or stored != self._handed_out:
+        stored, writers = _normalise(position)
+        if not self._assigned or position != self._handed_out:
             self._assign(stored)
+            self._writers = writers
         if stored:
             self._commit_to_group(stored)
         self._forget_stale_ends()
         values: list[bytes] = []
         errors: list[str] = []
         size = 0
+        records = 0
         deadline = time.monotonic() + self._config.poll_timeout_seconds
         first = True
-        while len(values) < max_records and size < self._config.chunk_size:
+        while records < max_records and size < self._config.chunk_size:
             # At every partition's end: only take what is queued already (no wait), then stop.
             at_end = self._all_at_end()
             remaining = deadline - time.monotonic()
@@ -144,14 +164,15 @@ class KafkaReader:
                     continue
                 # As many more as fit the record and byte bounds (messages sized like this one).
                 fit_bytes = (self._config.chunk_size - size) // max(1, len(message.value() or b""))
-                wanted = min(max_records - len(values), 100_000, fit_bytes + 1) - 1
+                wanted = min(max_records - records, 100_000, fit_bytes + 1) - 1
                 messages = [message, *(consumer.consume(num_messages=wanted, timeout=0) if wanted > 0 else ())]
             except KafkaException as exc:
                 raise TransportError(
                     f"kafka_input: consuming {self._topic} from {self._servers} failed: {exc}"
                 ) from None
+            touched: set[int] = set()  #: partitions that handed out a message in this round
             for index, message in enumerate(messages):
-                if size >= self._config.chunk_size:
+                if size >= self._config.chunk_size or records >= max_records:
                     self._give_back(messages[index:])
                     break
                 error = message.error()
@@ -167,18 +188,29 @@ class KafkaReader:
                     continue
                 self._next[partition] = message.offset() + 1
                 self._at_end.discard(partition)
+                touched.add(partition)
                 value = message.value()
                 if value is None:  # a tombstone carries no record
                     continue
-                if self._newlines_to_spaces and b"\n" in value:
-                    value = value.replace(b"\r\n", b" ").replace(b"\n", b" ")
+                channel = self._channel_records(message, value, errors)
+                if channel is not None:
+                    value, count = channel
+                    if not count:
+                        continue
+                else:
+                    count = 1
+                    if self._newlines_to_spaces and b"\n" in value:
+                        value = value.replace(b"\r\n", b" ").replace(b"\n", b" ")
                 values.append(value)
                 size += len(value)
-        self._handed_out = dict(self._next)
-        data = b"\n".join(values) + b"\n" if values else None
+                records += count
+            self._note_ends(touched)
+        self._handed_out = self._position()
+        values.append(b"")  # a newline after the last value too, in the same copy
+        data = b"\n".join(values) if len(values) > 1 else None
         return ReadResult(
             data=data,
-            position={str(p): o for p, o in sorted(self._next.items())},
+            position=self._handed_out,
             end_of_input=self._config.enable_partition_eof and self._all_at_end(),
             bytes_read=size,
             buffered_records=self._lag(),
@@ -193,6 +225,36 @@ class KafkaReader:
         self._assigned = False
 
     # -------------------------------------------------------------------------------------------- internals
+    def _position(self) -> dict[str, Any]:
+        """The position to store: plain offsets until a channel writer was seen, then offsets and writers."""
+        offsets = {str(p): o for p, o in sorted(self._next.items())}
+        if not self._writers.next_records:
+            return offsets
+        position: dict[str, Any] = {"offsets": offsets, "writers": dict(sorted(self._writers.next_records.items()))}
+        if self._writers.holes:
+            position["holes"] = {w: [list(r) for r in h] for w, h in sorted(self._writers.holes.items())}
+        return position
+
+    def _channel_records(self, message: Any, value: bytes, errors: list[str]) -> tuple[bytes, int] | None:
+        """A channel message's records not handed on before (its lines, the resent ones dropped) and their count;
+        ``None`` for a message without channel headers (or with unreadable ones: reported, handed on whole)."""
+        try:
+            headers = ChannelHeaders.decode(message.headers())
+        except MalformedHeaders as exc:
+            errors.append(f"{self._topic}[{message.partition()}]@{message.offset()}: {exc}; handed on unchecked")
+            return None
+        if headers is None:
+            return None
+        kept = self._writers.keep(headers)
+        if kept.gap is not None:
+            self._log(
+                f"kafka_input {self._topic}: records {kept.gap[0]} to {kept.gap[1] - 1} of writer {headers.writer} "
+                "have not arrived yet; kept as a hole that a resend fills"
+            )
+        if not kept.count:
+            return b"", 0
+        return kept.select(value, headers.records), kept.count
+
     def _open_consumer(self) -> Consumer:
         if self._consumer is None:
             raise TransportError("kafka_input: the reader is closed")
@@ -204,6 +266,15 @@ class KafkaReader:
             _, high = self._watermarks(partition, cached=True)
             if high > self._next.get(partition, high):
                 self._at_end.discard(partition)
+
+    def _note_ends(self, partitions: set[int]) -> None:
+        """Partitions whose next offset reached the high watermark of the broker's last fetch answer are at their
+        end as of that answer: what librdkafka's partition EOF says too, but only after one more fetch that the
+        broker holds for ``fetch.wait.max.ms`` (100 ms by default here) before answering it has nothing."""
+        for partition in partitions:
+            _, high = self._watermarks(partition, cached=True)
+            if 0 <= high <= self._next[partition]:
+                self._at_end.add(partition)
 
     def _all_at_end(self) -> bool:
         return bool(self._next) and self._at_end >= set(self._next)
