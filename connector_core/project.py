@@ -27,6 +27,7 @@ from pydantic import (
 
 from connector_core.column_types import COLUMN_TYPES
 from connector_core.formats import Format
+from connector_core.locate import program_problem, target_problems
 from connector_core.secrets import ENV_NAME, EnvSecret
 from connector_core.transports.configs import (
     TRANSPORT_CONFIG_MODELS,
@@ -820,8 +821,6 @@ def _processor_problems(project: Project) -> list[tuple[KeyPath, str]]:
     """Processors (and a command sink) that cannot run, as (key path, why and the fix): unknown names, arguments that do not fit the
     declared ``params``, python functions that cannot be imported (from the project folder or the environment),
     programs found neither on PATH nor relative to the project folder, SQL that is not one SELECT."""
-    from connector_core.processors.locate import program_problem, target_problems  # the runners' own lookup
-
     problems: list[tuple[KeyPath, str]] = []
     for pipeline_name, pipeline in project.pipelines.items():
         if isinstance(pipeline.sink, CommandSink):

@@ -28,6 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -72,27 +73,16 @@ def tansu_binary() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``bootstrap.servers`` of a real Kafka-protocol broker: tansu on a free port, or $KAFKA_BOOTSTRAP_SERVERS."""
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
-        return
+@contextmanager
+def tansu_broker(log_path: Path | None = None) -> Iterator[str]:
+    """``bootstrap.servers`` of a tansu broker (memory storage) started on a free loopback port, its output in
+    ``log_path`` (else discarded); stopped on exit. Also used by the benchmarks."""
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("tansu") / "tansu.log"
-    with open(log_path, "wb") as log:
+    command = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url]
+    with open(log_path or os.devnull, "wb") as log:
         process = subprocess.Popen(
-            [
-                str(tansu_binary()),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
+            [*command, "--storage-engine", "memory://tansu/"],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -101,7 +91,8 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         try:
             wait_for_port("127.0.0.1", port, 20, process)
         except RuntimeError as exc:
-            raise RuntimeError(f"tansu did not start: {exc}; log: {log_path.read_text()[-2000:]}") from None
+            output = log_path.read_text()[-2000:] if log_path is not None else "(not kept)"
+            raise RuntimeError(f"tansu did not start: {exc}; log: {output}") from None
         yield f"127.0.0.1:{port}"
     finally:
         process.terminate()
@@ -110,6 +101,16 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``bootstrap.servers`` of a real Kafka-protocol broker: tansu on a free port, or $KAFKA_BOOTSTRAP_SERVERS."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        return
+    with tansu_broker(tmp_path_factory.mktemp("tansu") / "tansu.log") as bootstrap:
+        yield bootstrap
 
 
 @pytest.fixture(scope="session")

@@ -225,20 +225,28 @@ class MemoryMarks:
         return sum(mark.total_records for mark in self.marks.values())
 
 
+def memory_sink(
+    bootstrap: str, marks: MemoryMarks, columns: dict[str, str] | None, **options: Any
+) -> tuple[KafkaSink, str]:
+    """A kafka sink of table ``t`` on a new topic, its marks in ``marks``; the sink and its topic."""
+    topic = f"ch_{uuid.uuid4().hex[:10]}"
+    sink = KafkaSink(
+        {"bootstrap.servers": bootstrap},
+        topics={"t": topic},
+        columns={"t": columns},
+        marks=ConnectorMarks(marks.read, marks.records_of_table),
+        **options,
+    )
+    return sink, topic
+
+
 def test_json_lines_are_cast_and_sent_in_one_pass_and_a_record_that_does_not_fit_is_refused(
     kafka_bootstrap: str,
 ) -> None:
     from connector_core.formats import screen_lines
 
-    topic = f"ch_{uuid.uuid4().hex[:10]}"
     marks = MemoryMarks()
-    sink = KafkaSink(
-        {"bootstrap.servers": kafka_bootstrap},
-        topics={"t": topic},
-        columns={"t": COLUMNS},
-        marks=ConnectorMarks(marks.read, marks.records_of_table),
-        max_message_bytes=100,
-    )
+    sink, topic = memory_sink(kafka_bootstrap, marks, COLUMNS, max_message_bytes=100)
     sink.ensure_table("t", COLUMNS, None)
     assert sink.reads_json()
 
@@ -266,16 +274,8 @@ def test_json_lines_are_cast_and_sent_in_one_pass_and_a_record_that_does_not_fit
 
 
 def test_a_batch_sent_again_is_dropped_by_the_reader_even_when_it_grew(kafka_bootstrap: str) -> None:
-    topic = f"ch_{uuid.uuid4().hex[:10]}"
     marks = MemoryMarks()
-    sink = KafkaSink(
-        {"bootstrap.servers": kafka_bootstrap},
-        topics={"t": topic},
-        columns={"t": COLUMNS},
-        marks=ConnectorMarks(marks.read, marks.records_of_table),
-        pipeline="up",
-        max_message_bytes=200,
-    )
+    sink, topic = memory_sink(kafka_bootstrap, marks, COLUMNS, pipeline="up", max_message_bytes=200)
     sink.ensure_table("t", COLUMNS, None)
 
     def rows(ids: range) -> pa.Table:
@@ -540,15 +540,8 @@ def test_message_bounds_cut_records_by_size() -> None:
 
 
 def test_channel_topic_is_created_by_the_sink_with_its_partitions(kafka_bootstrap: str) -> None:
-    topic = f"ch_{uuid.uuid4().hex[:10]}"
     marks = MemoryMarks()
-    sink = KafkaSink(
-        {"bootstrap.servers": kafka_bootstrap},
-        topics={"t": topic},
-        columns={"t": None},
-        marks=ConnectorMarks(marks.read, marks.records_of_table),
-        partitions=2,
-    )
+    sink, topic = memory_sink(kafka_bootstrap, marks, None, partitions=2)
     assert sink.table_schema("t") is None
     inferred = pa.schema([("n", pa.int64())])
     assert sink.ensure_table("t", None, inferred) == inferred
@@ -560,12 +553,7 @@ def test_channel_topic_is_created_by_the_sink_with_its_partitions(kafka_bootstra
 
 def test_a_restore_onto_a_connector_that_sent_batches_is_refused_unless_forced() -> None:
     marks = MemoryMarks()
-    sink = KafkaSink(
-        {"bootstrap.servers": "127.0.0.1:9"},
-        topics={"t": "t"},
-        columns={"t": COLUMNS},
-        marks=ConnectorMarks(marks.read, marks.records_of_table),
-    )
+    sink, _ = memory_sink("127.0.0.1:9", marks, COLUMNS)  # nothing listens: move_mark reaches no broker
     assert sink.move_mark("old", "new") is None, "a fresh target: the restored state database is the mark"
     marks.marks["new"] = SinkMark("new", {"line": 5}, 2, 5, 50)
     with pytest.raises(SinkError, match="has a mark of its own"):

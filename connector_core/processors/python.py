@@ -20,8 +20,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from connector_core.locate import import_callable
 from connector_core.processors.base import ProcessorError, ProcessorStep
-from connector_core.processors.locate import import_callable
 from connector_core.project import ProcessorUse
 
 _PANDAS_NAMES = {"pd.DataFrame", "pandas.DataFrame", "pandas.core.frame.DataFrame"}

@@ -10,8 +10,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from connector_core.locate import query_parameters
 from connector_core.processors.base import ProcessorError, ProcessorStep
-from connector_core.processors.locate import query_parameters
 from connector_core.project import ProcessorUse
 
 

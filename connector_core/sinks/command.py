@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from connector_core.locate import program_problem
 from connector_core.processors.base import ProcessorError
 from connector_core.processors.command import JsonLinesStep
-from connector_core.processors.locate import program_problem
 from connector_core.project import Processor, ProcessorUse
 from connector_core.sinks.base import SinkError, SinkMark
 from connector_core.sinks.state_marks import ConnectorMarks, StateMarkedSink, connector_marks
