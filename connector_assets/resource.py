@@ -8,7 +8,6 @@ connection and sink resources, so the UI shows which connections it uses.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import inspect
 import os
 import threading
@@ -17,11 +16,11 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import dagster as dg
-import pyarrow as pa
 from dagster._utils.interrupts import capture_interrupts, check_captured_interrupt, pop_captured_interrupt
 from dagster_duckdb import DuckDBResource
 from pydantic import Field, create_model
 
+from connector_assets.metadata import materialization_metadata, table_materialization_metadata, table_metadata
 from connector_assets.names import BACKUP_CHECK_TAG, BACKUP_WARNING_KEY
 from connector_assets.translator import table_asset_keys
 from connector_core.backups import restore_before_write, run_backup_check
@@ -31,7 +30,13 @@ from connector_core.project import Project, load_project
 from connector_core.streaming import StopRequest, StreamTotals, ingest_continuously, table_idle_reason
 from resources import PipelineResources, ResourceClients, build_pipeline_resources
 
-__all__ = ["ConnectorsResource", "connection_field", "materialization_metadata", "with_signature"]
+__all__ = [
+    "ConnectorsResource",
+    "connection_field",
+    "materialization_metadata",
+    "table_metadata",
+    "with_signature",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -216,12 +221,8 @@ class ConnectorsResource(dg.ConfigurableResource):
                     continue
                 report = totals.table_report(table, _row_count(session, table, context))
                 spec = context.assets_def.specs_by_key[key]
-                run_metadata = {
-                    **warning,
-                    "connectors/commits": dg.MetadataValue.int(totals.commits.get(table, 0)),
-                    "connectors/stopped_reason": dg.MetadataValue.text(stop.reason or "stopped"),
-                }
-                results.append(self._materialize(pipeline, session, report, spec, run_metadata))
+                commits = totals.commits.get(table, 0)
+                results.append(self._materialize(pipeline, session, report, spec, commits, stop.reason, backup_warning))
                 context.log.info(
                     f"{self.pipeline_name}.{table}: {report.records} records in {report.seconds:.3f}s, "
                     f"{report.row_count} rows in the table"
@@ -270,23 +271,33 @@ class ConnectorsResource(dg.ConfigurableResource):
         session: IngestSession,
         report: TableReport,
         spec: dg.AssetSpec,
-        extra: dict[str, Any],
+        commits: int,
+        stopped_reason: str | None,
+        backup_warning: str | None,
     ) -> dg.MaterializeResult:
-        """The result of one table's run: standard table metadata, the run's totals and every connector's stats."""
-        sink_schema = None
-        if "dagster/column_schema" not in spec.metadata:
-            try:
-                sink_schema = session.sink.table_schema(report.table)
-            finally:
-                session.release_sink()
-        stats = {h.endpoint: pipeline.stats(h) for h in pipeline.connectors(report.table)}
-        metadata = {
-            **table_metadata(spec, report.row_count, sink_schema),
-            **materialization_metadata(report),
-            "connectors/stats": dg.MetadataValue.json(stats),
-            **extra,
-        }
+        """The result of one table's run (:func:`connector_assets.metadata.table_materialization_metadata`, the
+        metadata ``connectors run`` records too)."""
+        metadata = table_materialization_metadata(
+            pipeline,
+            report,
+            spec,
+            sink_table_schema(session, report.table, spec),
+            commits=commits,
+            stopped_reason=stopped_reason or "stopped",
+            backup_warning=backup_warning,
+        )
         return dg.MaterializeResult(asset_key=spec.key, metadata=metadata)
+
+
+def sink_table_schema(session: IngestSession, table: str, spec: dg.AssetSpec) -> Any:
+    """The sink table's Arrow schema when the spec declares no ``dagster/column_schema``, else ``None``; the
+    database is let go afterwards."""
+    if "dagster/column_schema" in spec.metadata:
+        return None
+    try:
+        return session.sink.table_schema(table)
+    finally:
+        session.release_sink()
 
 
 def _row_count(session: IngestSession, table: str, context: dg.AssetExecutionContext) -> int:
@@ -342,47 +353,6 @@ class _Interrupts:
         deadline = time.monotonic() + seconds
         while not check_captured_interrupt() and time.monotonic() < deadline:
             time.sleep(0.02)
-
-
-def table_metadata(spec: dg.AssetSpec, row_count: int, sink_schema: pa.Schema | None) -> dict[str, Any]:
-    """Dagster's standard table metadata of a materialization: ``dagster/row_count``, and the spec's
-    ``dagster/table_name`` and ``dagster/column_schema`` (else the sink table's columns, with Arrow types)."""
-    metadata: dict[str, Any] = {"dagster/row_count": dg.MetadataValue.int(row_count)}
-    for key in ("dagster/table_name", "dagster/column_schema"):
-        if key in spec.metadata:
-            metadata[key] = spec.metadata[key]
-    if "dagster/column_schema" not in metadata and sink_schema is not None:
-        columns = [dg.TableColumn(name=field.name, type=str(field.type)) for field in sink_schema]
-        metadata["dagster/column_schema"] = dg.TableSchema(columns=columns)
-    return metadata
-
-
-def materialization_metadata(report: TableReport) -> dict[str, Any]:
-    """Numeric metadata of one table's batch (plotted by the UI), totals first, then per connector."""
-    ran = [b for b in report.batches if b.skipped_reason is None]
-    records = sum(b.records for b in ran)
-    seconds = report.seconds
-    metadata: dict[str, Any] = {
-        "connectors/records": dg.MetadataValue.int(records),
-        "connectors/bytes": dg.MetadataValue.int(sum(b.bytes for b in ran)),
-        "connectors/seconds": dg.MetadataValue.float(round(seconds, 6)),
-        "connectors/records_per_second": dg.MetadataValue.float(round(records / seconds, 3) if seconds else 0.0),
-        "connectors/parse_errors": dg.MetadataValue.int(sum(b.parse_errors for b in ran)),
-        "connectors/transport_errors": dg.MetadataValue.int(sum(b.transport_errors for b in ran)),
-        "connectors/connectors": dg.MetadataValue.int(len(ran)),
-    }
-    for batch in report.batches:
-        prefix = f"connectors/{batch.endpoint}"
-        if batch.skipped_reason is not None:
-            metadata[f"{prefix}/skipped_reason"] = dg.MetadataValue.text(batch.skipped_reason)
-            continue
-        metadata[f"{prefix}/records"] = dg.MetadataValue.int(batch.records)
-        metadata[f"{prefix}/bytes"] = dg.MetadataValue.int(batch.bytes)
-        metadata[f"{prefix}/parse_errors"] = dg.MetadataValue.int(batch.parse_errors)
-        metadata[f"{prefix}/buffered_records"] = dg.MetadataValue.int(batch.buffered_records)
-        metadata[f"{prefix}/end_of_input"] = dg.MetadataValue.bool(batch.end_of_input)
-    metadata["connectors/batches"] = dg.MetadataValue.json([dataclasses.asdict(b) for b in report.batches])
-    return metadata
 
 
 def with_signature(body: F, **parameters: Any) -> F:

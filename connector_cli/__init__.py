@@ -2,7 +2,8 @@
 
 ``main`` holds the root group and its global options, ``context`` what every command shares (the project, running
 a function on an opened pipeline, printing responses and exit codes), ``settings`` the ``--set`` values, ``output``
-the text form of stats, and ``pipeline``, ``connector``, ``wizard``, ``run`` and ``backup`` (``backup``, ``backups``,
+the text form of stats, ``history`` the recording of CLI work into the Dagster instance (``DAGSTER_HOME``) and
+``dagster-home``, and ``pipeline``, ``connector``, ``wizard``, ``run`` and ``backup`` (``backup``, ``backups``,
 ``restore``) one command group each.
 """
 

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 import click
 
+from connector_cli import history
 from connector_core.lifecycle import Lifecycle, Response, run_procedure
 from connector_core.pipeline import Pipeline
 from connector_core.project import PipelineSpec, Project, ProjectFileError, load_project
@@ -141,9 +142,43 @@ class ClientsOnFirstUse:
 
 def procedure(pipeline_name: str, call: Callable[[Lifecycle], Response]) -> NoReturn:
     """Run one lifecycle procedure on a pipeline, print it and exit. Its clients are built on first use, so a
-    procedure that reaches no connection (nor an S3 backup store) never imports Dagster."""
+    procedure that reaches no connection (nor an S3 backup store) never imports Dagster. With ``DAGSTER_HOME`` set,
+    a procedure that may change something is recorded in the Dagster instance (:mod:`connector_cli.history`)."""
+    redact = str
 
     def run(pipeline: Pipeline) -> Response:
+        nonlocal redact
+        redact = pipeline.redact
         return call(Lifecycle(pipeline, ClientsOnFirstUse(pipeline)))
 
-    respond(pipeline_name, run)
+    response = on_pipeline(pipeline_name, run)
+    if history.recording_enabled():
+        ctx = click.get_current_context()
+        table = ctx.meta.get("connector", (None,))[0]
+        history.record_procedure(
+            cli_state().project(),
+            pipeline_name,
+            *command_words(ctx),
+            response,
+            None if table is None else [table],
+            redact,
+        )
+    finish(response)
+
+
+def command_words(ctx: click.Context) -> tuple[list[str], list[str]]:
+    """The running command after ``connectors``: its names (``pipeline pause``), and its words with the arguments
+    (``pipeline example pause``)."""
+    names: list[str] = []
+    words: list[str] = []
+    while ctx.parent is not None:
+        arguments = [
+            str(ctx.params[param.name])
+            for param in ctx.command.params
+            if isinstance(param, click.Argument) and param.name and ctx.params.get(param.name) is not None
+        ]
+        name = ctx.info_name or ctx.command.name or ""
+        names.insert(0, name)
+        words[:0] = [name, *arguments]
+        ctx = ctx.parent
+    return names, words

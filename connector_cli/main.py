@@ -15,6 +15,8 @@ import click
 from connector_cli.backup import backup, backups, restore
 from connector_cli.connector import connector_group
 from connector_cli.context import CliState
+from connector_cli.docs import docs, schema
+from connector_cli.history import dagster_home
 from connector_cli.pipeline import pipeline_group
 from connector_cli.run import run
 from connector_cli.wizard import setup, wizard_group
@@ -40,7 +42,9 @@ def cli(ctx: click.Context, project_file: Path | None, state_dir: Path | None) -
     ctx.obj = CliState(project_file, state_dir)
 
 
-for command in (pipeline_group, connector_group, wizard_group, setup, run, backup, backups, restore):
+for command in (pipeline_group, connector_group, wizard_group, setup, run, backup, backups, restore, dagster_home):
+    cli.add_command(command)
+for command in (schema, docs):  # the generated reference pages (connector_cli/docs.py)
     cli.add_command(command)
 
 

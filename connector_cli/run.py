@@ -7,23 +7,34 @@ retries it. Connectors stopped on a fatal error before the run are left alone an
 ``earlier_fatal_errors`` without changing the exit code. A pipeline that is not STARTED ingests nothing and answers
 ``INVALID_CONNECTOR_STATUS``. Ctrl-C or SIGTERM stops the run after the batch being committed (a second one
 abandons that batch, which the next run reads again), and the run still answers its summary (exit 0).
+``--resume`` first resumes a PAUSED pipeline (or one stuck STARTING; one stuck PAUSING is recovered to STARTED), so
+the README's demo command runs again after a pause from the UI; a pipeline in ERROR is left to ``recover``.
+
+On a terminal (stderr is a TTY) progress is one status line rewritten in place (records, records/s, records per
+table); other messages print above it. In a pipe or a file it is plain lines, one per batch that committed
+something. With ``DAGSTER_HOME`` set, each table the run ingested gets an ``AssetMaterialization`` in the Dagster
+instance, with a Dagster run's metadata (:mod:`connector_cli.history`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import TextIO
 
 import click
 
+from connector_cli import history
 from connector_cli.context import ClientsOnFirstUse, respond
 from connector_core.backups import restore_before_write
 from connector_core.ingest import IngestSession
-from connector_core.lifecycle import Response
+from connector_core.lifecycle import Lifecycle, Response
 from connector_core.orchestration import RunSummary, run_pipeline
 from connector_core.pipeline import Pipeline
-from connector_core.streaming import StopRequest
+from connector_core.streaming import StopRequest, StreamTotals
 from connector_core.vocabulary import ResponseCode, Status
 
 
@@ -31,8 +42,71 @@ def _progress(line: str) -> None:
     click.echo(line, err=True)
 
 
+class StatusLine:
+    """Progress on a terminal: one line rewritten in place (``\\r``) after each round, at most every
+    ``interval`` seconds: records, records/s since the start, records per table. A message (:meth:`echo`) first
+    leaves the status line as it is, then prints below it."""
+
+    def __init__(self, pipeline_name: str, stream: TextIO, interval: float = 0.2):
+        self.pipeline_name = pipeline_name
+        self.stream = stream
+        self.interval = interval
+        self.text = ""
+        self.shown = False
+        self.drawn_at = 0.0
+
+    def update(self, totals: StreamTotals, force: bool = False) -> None:
+        """Rewrite the line from the run's totals."""
+        now = time.monotonic()
+        if not force and now - self.drawn_at < self.interval:
+            return
+        self.drawn_at = now
+        elapsed = now - totals.started
+        tables: dict[str, int] = {}
+        for endpoint, report in totals.by_endpoint.items():
+            table = totals.table_of[endpoint]
+            tables[table] = tables.get(table, 0) + report.records
+        rate = totals.records / elapsed if elapsed > 0 else 0.0
+        per_table = ", ".join(f"{table} {records:,}" for table, records in tables.items())
+        text = f"{self.pipeline_name}: {totals.records:,} records, {rate:,.0f} records/s" + (
+            f" | {per_table}" if per_table else ""
+        )
+        width = max(20, shutil.get_terminal_size().columns - 1)
+        self.text = text if len(text) <= width else text[: width - 1] + "…"
+        self.stream.write(f"\r\x1b[K{self.text}")
+        self.stream.flush()
+        self.shown = True
+
+    def echo(self, line: str) -> None:
+        """Print a message: the status line stays above it as it was."""
+        if self.shown:
+            self.stream.write("\n")
+            self.shown = False
+        self.stream.write(f"{line}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the status line."""
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.shown = False
+
+
+def progress_output(
+    pipeline_name: str,
+) -> tuple[Callable[[str], None], Callable[[StreamTotals], None] | None, Callable[[], None]]:
+    """``(message printer, round callback or None, close)``: a :class:`StatusLine` when stderr is a terminal,
+    else plain lines."""
+    stream = click.get_text_stream("stderr")
+    if not stream.isatty():
+        return _progress, None, lambda: None
+    line = StatusLine(pipeline_name, stream)
+    return line.echo, line.update, line.close
+
+
 @contextlib.contextmanager
-def stop_on_signals(stop: StopRequest) -> Iterator[None]:
+def stop_on_signals(stop: StopRequest, echo: Callable[[str], None] = _progress) -> Iterator[None]:
     """SIGINT and SIGTERM request ``stop`` (the batch in progress is committed first); a second one interrupts
     that batch (it is not committed: the next run reads it again)."""
 
@@ -41,7 +115,7 @@ def stop_on_signals(stop: StopRequest) -> Iterator[None]:
         if stop.is_set():
             raise KeyboardInterrupt(f"{name} again: aborted")
         stop.request(f"interrupted by {name}")
-        _progress(f"{name}: finishing the batch in progress, then stopping ({name} again abandons it)")
+        echo(f"{name}: finishing the batch in progress, then stopping ({name} again abandons it)")
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -51,27 +125,70 @@ def stop_on_signals(stop: StopRequest) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def ingest_until_finished(pipeline: Pipeline, max_seconds: float | None, follow: bool = False) -> Response:
+def ingest_until_finished(
+    pipeline: Pipeline, max_seconds: float | None, follow: bool = False, resume: bool = False
+) -> Response:
     """Run the pipeline headless (at most ``max_seconds``; with ``follow`` continuously, until interrupted) and
     answer its summary; a lost state folder is restored from its backups first (a refused backup answers
-    ``INTERNAL_ERROR`` naming its key). The sink's database is opened per batch, so Dagster runs writing the same
-    DuckDB file go on meanwhile (:mod:`connector_core.streaming`)."""
+    ``INTERNAL_ERROR`` naming its key). With ``resume``, a PAUSED pipeline (or one stuck STARTING/PAUSING) is
+    resumed first (a refused resume is the answer). The sink's database is opened per batch, so Dagster runs writing the
+    same DuckDB file go on meanwhile (:mod:`connector_core.streaming`). With ``DAGSTER_HOME`` set, what the run
+    ingested is recorded in the Dagster instance (:func:`connector_cli.history.record_run`)."""
     clients = ClientsOnFirstUse(pipeline)
     restore_before_write(pipeline, clients)
+    if resume and pipeline.state.status in (Status.PAUSED, Status.STARTING, Status.PAUSING):
+        resumed = resume_pipeline(pipeline, clients)
+        if not resumed.ok:
+            return resumed
     if not pipeline.is_started():
         return Response(
             ResponseCode.INVALID_CONNECTOR_STATUS,
             f"Invalid connector status. Expected status: [{Status.STARTED}]. Current status: {pipeline.state.status}. "
-            "Nothing was ingested.",
+            f"Nothing was ingested.{_not_started_hint(pipeline, resume)}",
         )
-    session = IngestSession(pipeline, clients, _progress, hold_connection=False)
+    echo, on_round, close = progress_output(pipeline.name)
+    session = IngestSession(pipeline, clients, echo, hold_connection=False)
     stop = StopRequest()
     try:
-        with stop_on_signals(stop):
-            summary = run_pipeline(pipeline, session, _progress, max_seconds, follow=follow, stop=stop)
+        try:
+            with stop_on_signals(stop, echo):
+                summary = run_pipeline(
+                    pipeline, session, echo, max_seconds, follow=follow, stop=stop, on_round=on_round
+                )
+        finally:
+            close()
+        history.record_run(pipeline, session, summary)
     finally:
         session.close()
     return summary_response(pipeline, summary)
+
+
+def _not_started_hint(pipeline: Pipeline, resume: bool) -> str:
+    """What brings a pipeline that is not STARTED back, for the answer of ``run``."""
+    status = pipeline.state.status
+    if status == Status.ERROR:
+        return f" `connectors pipeline {pipeline.name} recover --to STARTED` leaves ERROR."
+    if status == Status.PAUSED and not resume:
+        return f" `connectors run {pipeline.name} --resume` resumes it first."
+    if status == Status.CONFIGURING:
+        return f" `connectors setup {pipeline.name}` sets it up."
+    return ""
+
+
+def resume_pipeline(pipeline: Pipeline, clients: ClientsOnFirstUse) -> Response:
+    """``run --resume``: resume a PAUSED pipeline (or one stuck STARTING); recover one stuck PAUSING to STARTED.
+    The procedure is printed on stderr and recorded like the command's (:mod:`connector_cli.history`)."""
+    lifecycle = Lifecycle(pipeline, clients)
+    if pipeline.state.status == Status.PAUSING:
+        procedure, response = ["pipeline", "recover"], lifecycle.recover(Status.STARTED)
+    else:
+        procedure, response = ["pipeline", "resume"], lifecycle.resume()
+    response = response.redacted(pipeline.redact)
+    _progress(f"{' '.join(procedure[1:])}: {response.response_code}: {response.message}")
+    history.record_procedure(
+        pipeline.project, pipeline.name, procedure, ["run", pipeline.name, "--resume"], response, redact=pipeline.redact
+    )
+    return response
 
 
 def summary_response(pipeline: Pipeline, summary: RunSummary) -> Response:
@@ -107,7 +224,8 @@ def summary_response(pipeline: Pipeline, summary: RunSummary) -> Response:
     help="Ingest continuously, never-ending connectors too (Kafka, followed files, endless datagen), until "
     "Ctrl-C/SIGTERM, a pause or --max-seconds.",
 )
-def run(pipeline_name: str, max_seconds: float | None, follow: bool) -> None:
+@click.option("--resume", is_flag=True, help="First resume the pipeline when it is PAUSED (or stuck STARTING/PAUSING).")
+def run(pipeline_name: str, max_seconds: float | None, follow: bool, resume: bool) -> None:
     """Ingest headless until every connector that can finish has finished, or with --follow continuously
-    (progress on stderr, the summary JSON on stdout)."""
-    respond(pipeline_name, lambda pipeline: ingest_until_finished(pipeline, max_seconds, follow))
+    (progress on stderr: a status line on a terminal; the summary JSON on stdout)."""
+    respond(pipeline_name, lambda pipeline: ingest_until_finished(pipeline, max_seconds, follow, resume))

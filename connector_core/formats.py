@@ -206,9 +206,9 @@ class Format(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Literal["json", "csv", "parquet"]
+    name: Literal["json", "csv", "parquet"] = Field(description="json, csv or parquet.")
     config: JsonFormatConfig | CsvFormatConfig | ParquetFormatConfig = Field(
-        default_factory=dict, validate_default=True
+        description="The format's settings; its keys depend on name.", default_factory=dict, validate_default=True
     )
 
     @field_validator("config", mode="before")

@@ -163,6 +163,7 @@ def run_pipeline(
     max_seconds: float | None = None,
     follow: bool = False,
     stop: StopRequest | None = None,
+    on_round: Callable[[StreamTotals], None] | None = None,
 ) -> RunSummary:
     """Ingest headless, applying ``start_after`` between batches (:func:`ingest_continuously`).
 
@@ -173,6 +174,9 @@ def run_pipeline(
     ``stop`` is requested (Ctrl-C / SIGTERM: the batch in progress is committed first). ``max_seconds`` bounds
     both. A connector whose reads keep failing is given up by the batch step itself (``IngestSession``'s
     consecutive failure rule, the same in Dagster runs); the summary names it in ``fatal_errors``.
+
+    ``progress`` gets a line per batch that committed something, or, when ``on_round`` is given (a terminal's
+    status line), ``on_round`` gets the run's totals after each round instead; other lines go to ``progress``.
     """
     summary = RunSummary()
     stop = stop or StopRequest()
@@ -220,11 +224,13 @@ def run_pipeline(
             ingested.add(report.endpoint)
             if report.fatal_error:
                 progress(f"{report.endpoint}: {report.fatal_error} (`connectors connector ... start` retries it)")
-            if report.records or report.parse_errors or report.transport_errors:
+            if on_round is None and (report.records or report.parse_errors or report.transport_errors):
                 progress(
                     f"{report.endpoint}: +{report.records} records, {report.parse_errors} parse errors, "
                     f"{report.transport_errors} transport errors" + (", end of input" if report.end_of_input else "")
                 )
+        if on_round is not None:
+            on_round(summary.totals)
     summary.stopped_reason = stop.reason or "stopped"
     for handle in pipeline.connectors():
         fatal = handle.state.metrics().fatal_error

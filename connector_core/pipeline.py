@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from connector_core.hints import connector_start_command, status_way_out, with_way_out
 from connector_core.project import ConnectorSpec, PipelineSpec, Project, connector_labels
 from connector_core.secrets import Redactor, mask_secrets, resolved_secrets
 from connector_core.state import ConnectorSnapshot, ConnectorState, PipelineState, StateError, StateStore
@@ -166,15 +167,17 @@ class Pipeline:
         ingests, shared by the sensor, ``connectors run`` and the table assets. A connector ingests when it is
         active, has not stopped on a fatal error and has not finished."""
         if not self.is_started():
-            return f"pipeline {self.name} is {self.state.status}, not STARTED"
+            way_out = status_way_out(self.name, self.state.status)
+            return with_way_out(f"pipeline {self.name} is {self.state.status}, not STARTED.", way_out)
+        start = connector_start_command(self.name, handle.table, handle.spec.name)
         if not handle.state.running:
-            return f"connector {handle.endpoint} is {RunState.PAUSED}"
+            waits = (
+                f"it waits for start_after {', '.join(handle.spec.start_after)}, or " if handle.spec.start_after else ""
+            )
+            return f"connector {handle.endpoint} is {RunState.PAUSED}; {waits}`{start}` starts it"
         metrics = handle.state.metrics()
         if metrics.fatal_error:
-            return (
-                f"connector {handle.endpoint} stopped on a fatal error ({metrics.fatal_error}); "
-                f"`connectors connector {self.name} {handle.table} {handle.spec.name} start` retries it"
-            )
+            return f"connector {handle.endpoint} stopped on a fatal error ({metrics.fatal_error}); `{start}` retries it"
         if metrics.finished:
             return f"connector {handle.endpoint} has finished (end of input)"
         return None

@@ -7,13 +7,15 @@ Every model forbids unknown keys. :func:`load_project` turns any problem into on
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import shlex
+import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -72,7 +74,7 @@ def resolve_value(value: ConfigValue | None) -> Any:
 class KafkaConnection(Strict):
     """A Kafka cluster: librdkafka settings (``bootstrap.servers``, ``sasl.*`` ...)."""
 
-    kind: Literal["kafka"]
+    kind: Literal["kafka"] = Field(description="kafka: a Kafka cluster.")
     config: dict[str, ConfigValue] = Field(description="librdkafka configuration; secrets as {env: NAME}.")
 
     @field_validator("config")
@@ -86,18 +88,22 @@ class KafkaConnection(Strict):
 class PostgresConnection(Strict):
     """A PostgreSQL database, reached through a libpq DSN (usually ``{env: PG_DSN}``)."""
 
-    kind: Literal["postgres"]
+    kind: Literal["postgres"] = Field(description="postgres: a PostgreSQL database.")
     dsn: EnvSecret = Field(description="libpq connection string or URL; a secret, so {env: NAME}.")
 
 
 class S3Connection(Strict):
     """S3 or an S3-compatible server. Credentials come from the usual AWS chain unless given as secrets."""
 
-    kind: Literal["s3"]
+    kind: Literal["s3"] = Field(description="s3: S3 or an S3-compatible server.")
     endpoint_url: str | None = Field(default=None, description="S3-compatible server, without credentials.")
-    region_name: str | None = None
-    aws_access_key_id: ConfigValue | None = None
-    aws_secret_access_key: EnvSecret | None = None
+    region_name: str | None = Field(default=None, description="AWS region (default: the AWS chain's).")
+    aws_access_key_id: ConfigValue | None = Field(
+        default=None, description="Access key id (a value or {env: NAME}); default: the AWS chain."
+    )
+    aws_secret_access_key: EnvSecret | None = Field(
+        default=None, description="Secret access key; a secret, so {env: NAME}."
+    )
 
     @field_validator("endpoint_url")
     @classmethod
@@ -108,14 +114,14 @@ class S3Connection(Strict):
 class SnowflakeConnection(Strict):
     """A Snowflake account (or any server speaking its protocol, through host/port/protocol)."""
 
-    kind: Literal["snowflake"]
-    account: str
-    user: str
-    password: EnvSecret | None = None
-    role: str | None = None
-    host: str | None = None
-    port: int | None = None
-    protocol: Literal["http", "https"] | None = None
+    kind: Literal["snowflake"] = Field(description="snowflake: a Snowflake account.")
+    account: str = Field(description="Account identifier.")
+    user: str = Field(description="User name.")
+    password: EnvSecret | None = Field(default=None, description="Password; a secret, so {env: NAME}.")
+    role: str | None = Field(default=None, description="Role to use (default: the user's).")
+    host: str | None = Field(default=None, description="Server host, for a server speaking Snowflake's protocol.")
+    port: int | None = Field(default=None, description="Server port, with host.")
+    protocol: Literal["http", "https"] | None = Field(default=None, description="http or https, with host.")
 
 
 Connection = Annotated[
@@ -150,26 +156,29 @@ def parse_setting_value(text: str) -> Any:
 class DuckDBSink(Strict):
     """The embedded sink: one DuckDB file (relative paths are relative to the project file)."""
 
-    kind: Literal["duckdb"]
-    path: str = "warehouse.duckdb"
-    schema_: str = Field(default="main", alias="schema")
+    kind: Literal["duckdb"] = Field(description="duckdb: an embedded DuckDB file.")
+    path: str = Field(default="warehouse.duckdb", description="The DuckDB file, relative to the project file's folder.")
+    schema_: str = Field(default="main", alias="schema", description="Schema of the tables.")
 
 
 class SnowflakeSink(Strict):
     """The production sink: tables in one Snowflake database and schema, loaded through a warehouse."""
 
-    kind: Literal["snowflake"]
-    connection: str
-    database: str
-    schema_: str = Field(alias="schema")
-    warehouse: str | None = None
+    kind: Literal["snowflake"] = Field(description="snowflake: tables in Snowflake.")
+    connection: str = Field(description="Name of a snowflake connection of the pipeline.")
+    database: str = Field(description="Database of the tables.")
+    schema_: str = Field(alias="schema", description="Schema of the tables.")
+    warehouse: str | None = Field(
+        default=None,
+        description="Warehouse that loads (the wizard's configure step or update-warehouse may change it).",
+    )
 
 
 class KafkaSink(Strict):
     """A channel to other pipelines: each table's records go to a Kafka topic (the table's ``topic``, default
     ``{pipeline}.{table}``) as JSON lines, read downstream by ``kafka_input`` exactly once (``docs/channels.md``)."""
 
-    kind: Literal["kafka"]
+    kind: Literal["kafka"] = Field(description="kafka: a channel to other pipelines.")
     connection: str = Field(description="Name of a kafka connection of the pipeline.")
     max_message_bytes: int = Field(
         default=900_000,
@@ -185,7 +194,7 @@ class CommandSink(Strict):
     started once per run, fed JSON lines, each batch closed by a marker carrying its batch id; the connector's
     state (the mark) is committed after the program echoed that marker."""
 
-    kind: Literal["command"]
+    kind: Literal["command"] = Field(description="command: a program that acknowledges each batch.")
     command: list[str] = Field(min_length=1, description="argv of the program.")
     args: dict[str, Any] = Field(default_factory=dict, description="Given to the program as its first line (JSON).")
     env: dict[str, str | EnvSecret] = Field(
@@ -207,26 +216,32 @@ TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
 class Prerequisite(Strict):
     """One item of the wizard's prerequisite checklist."""
 
-    id: str = Field(pattern=NAME_PATTERN)
-    title: str
-    url: str | None = None
-    description: str | None = None
+    id: str = Field(pattern=NAME_PATTERN, description="Identifier, used by `wizard P prerequisites --done ID`.")
+    title: str = Field(description="What to do, as the checklist shows it.")
+    url: str | None = Field(default=None, description="Where to read about it.")
+    description: str | None = Field(default=None, description="Longer explanation.")
 
 
 class Backup(Strict):
     """Where connector state databases are backed up (no bucket: a local directory)."""
 
-    bucket: str | None = None
-    connection: str | None = None
-    directory: str | None = None
-    max_age_hours: float = Field(default=24, gt=0)
+    bucket: str | None = Field(default=None, description="S3 bucket of the backups (else a local folder).")
+    connection: str | None = Field(default=None, description="Name of the s3 connection reaching the bucket.")
+    directory: str | None = Field(
+        default=None, description="Local folder of the backups (default .connectors-backups beside the state folder)."
+    )
+    max_age_hours: float = Field(
+        default=24, gt=0, description="A database whose backup is older than this is backed up again."
+    )
 
 
 class Transport(Strict):
     """The transport of a connector: its name and its config (validated by the transport's own model)."""
 
-    name: TransportName
-    config: dict[str, Any] = Field(default_factory=dict)
+    name: TransportName = Field(description="Which transport reads the input.")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="The transport's settings; its keys depend on name."
+    )
 
     @field_validator("config")
     @classmethod
@@ -247,9 +262,9 @@ ParamType = Literal["string", "integer", "number", "boolean", "list", "object"]
 class ProcessorParam(Strict):
     """One declared argument of a processor; without a ``default`` it is required."""
 
-    type: ParamType
-    default: Any = None
-    description: str | None = None
+    type: ParamType = Field(description="Type an argument must have.")
+    default: Any = Field(default=None, description="Value when a use gives none; without it the argument is required.")
+    description: str | None = Field(default=None, description="What the argument means (shown when it is missing).")
 
     @property
     def required(self) -> bool:
@@ -273,7 +288,7 @@ class Processor(Strict):
     """A step between transport and sink (``docs/processors.md``): a Python function over Arrow tables or pandas
     DataFrames, a DuckDB ``SELECT ... FROM batch``, or an external program in any language."""
 
-    kind: Literal["python", "sql", "command"]
+    kind: Literal["python", "sql", "command"] = Field(description="python, sql or command.")
     function: str | None = Field(
         default=None, description="python: 'module:function' (or 'module:Class') taking a pyarrow.Table or DataFrame"
     )
@@ -288,7 +303,7 @@ class Processor(Strict):
         default_factory=dict,
         description="command: variables given to the program on top of a minimal environment; secrets as {env: NAME}.",
     )
-    description: str | None = None
+    description: str | None = Field(default=None, description="What the processor does.")
     params: dict[str, ProcessorParam] = Field(default_factory=dict, description="argument name -> type and default")
 
     _env = field_validator("env")(no_literal_secrets)
@@ -323,7 +338,9 @@ class ProcessorEntry(Processor):
     """One entry of a connector's ``processors``: an inline processor (which may carry ``args``), or a reference
     ``{use: NAME, args: {...}}`` to the pipeline's ``processors`` map."""
 
-    kind: Literal["python", "sql", "command"] | None = None  # type: ignore[assignment]
+    kind: Literal["python", "sql", "command"] | None = Field(  # type: ignore[assignment]
+        default=None, description="Inline processor: python, sql or command (absent with use)."
+    )
     use: str | None = Field(default=None, description="name of a processor of the pipeline's processors map")
     args: dict[str, Any] = Field(default_factory=dict, description="arguments (checked against the params)")
 
@@ -435,17 +452,24 @@ class ConnectorSpec(Strict):
     name: str = Field(
         pattern=NAME_PATTERN, description="unique in its table; a connector without one is named unnamed-{index}"
     )
-    paused: bool = False
-    labels: list[str] = Field(default_factory=list)
-    start_after: list[str] | None = None
+    paused: bool = Field(
+        default=False, description="Create the connector Paused (started by `connectors connector P T C start`)."
+    )
+    labels: list[str] = Field(default_factory=list, description="Labels other connectors' start_after may wait for.")
+    start_after: list[str] | None = Field(
+        default=None,
+        description="A label or list of labels: the connector starts once every connector carrying them has finished.",
+    )
     max_batch_size: int = Field(
         default=1_000_000,
         gt=0,
         description="Records per batch (one sink transaction) at most; byte transports are also bounded by their "
         "chunk_size. Large batches load fastest into DuckDB, whose loads of under ~30 MB run on one core.",
     )
-    transport: Transport
-    format: Format | None = None
+    transport: Transport = Field(description="Where records come from.")
+    format: Format | None = Field(
+        default=None, description="How the transport's bytes become records (not for datagen and postgres_input)."
+    )
     processors: list[ProcessorEntry] = Field(
         default_factory=list,
         description="in order, between transport and sink: inline processors or {use: NAME, args: {...}}",
@@ -482,7 +506,7 @@ class TableSpec(Strict):
     topic: str | None = Field(
         default=None, pattern=TOPIC_PATTERN, description="kafka sink: the table's topic (default {pipeline}.{table})"
     )
-    connectors: list[ConnectorSpec] = Field(min_length=1)
+    connectors: list[ConnectorSpec] = Field(min_length=1, description="The inputs of the table (at least one).")
 
     def topic_name(self, pipeline: str, table: str) -> str:
         """The topic a kafka sink writes this table to: ``topic``, else ``{pipeline}.{table}``."""
@@ -549,15 +573,19 @@ class Hooks(Strict):
 class PipelineSpec(Strict):
     """What one deployment ingests: sink, connections, tables and wizard settings."""
 
-    org_slug: str = Field(default="default", pattern=NAME_PATTERN)
-    sink: Sink = Field(default_factory=lambda: DuckDBSink(kind="duckdb"))
+    org_slug: str = Field(
+        default="default", pattern=NAME_PATTERN, description="Organisation, the first part of backup keys."
+    )
+    sink: Sink = Field(default_factory=lambda: DuckDBSink(kind="duckdb"), description="Where the tables are written.")
     processors: dict[str, Processor] = Field(
         default_factory=dict, description="processors written once, used by connectors as {use: NAME, args: {...}}"
     )
-    connections: dict[str, Connection] = Field(default_factory=dict)
-    prerequisites: list[Prerequisite] = Field(default_factory=list)
-    backup: Backup = Field(default_factory=Backup)
-    hooks: Hooks = Field(default_factory=Hooks)
+    connections: dict[str, Connection] = Field(
+        default_factory=dict, description="name -> a connection (kafka, postgres, s3, snowflake)."
+    )
+    prerequisites: list[Prerequisite] = Field(default_factory=list, description="The wizard's checklist.")
+    backup: Backup = Field(default_factory=Backup, description="Where state databases are backed up.")
+    hooks: Hooks = Field(default_factory=Hooks, description="Replaceable validators and callbacks of the procedures.")
     commit_interval: float = Field(
         default=1.0,
         gt=0,
@@ -569,7 +597,7 @@ class PipelineSpec(Strict):
         gt=0,
         description="Seconds a Dagster ingest run streams before it ends and the sensor starts the next.",
     )
-    tables: dict[str, TableSpec] = Field(min_length=1)
+    tables: dict[str, TableSpec] = Field(min_length=1, description="name -> a table and its connectors.")
 
     @field_validator("connections", "tables", "processors")
     @classmethod
@@ -603,7 +631,7 @@ class PipelineSpec(Strict):
 class Project(Strict):
     """The whole project file."""
 
-    pipelines: dict[str, PipelineSpec] = Field(min_length=1)
+    pipelines: dict[str, PipelineSpec] = Field(min_length=1, description="name -> a pipeline.")
     state_dir: str | None = Field(default=None, description="Where state databases live (default .connectors).")
 
     #: Path of the file this project was read from (set by :func:`load_project`).
@@ -681,13 +709,86 @@ def _with_lines(located: list[tuple[KeyPath, str]], text: str | None) -> list[st
     return problems
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: dict[str, Any], data: Any = None) -> str:
     if error["type"] == "extra_forbidden":
-        return "unknown key; remove it or check its spelling"
+        key = str(error["loc"][-1])
+        allowed = _allowed_keys(data, tuple(error["loc"]))
+        close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+        if close:
+            return f"unknown key {key!r}; did you mean {close[0]!r}?"
+        known = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        return f"unknown key {key!r}; remove it or check its spelling{known}"
     if error["type"] == "missing":
         return "required key is missing"
     message = error["msg"]
     return message.removeprefix("Value error, ")
+
+
+def _allowed_keys(data: Any, location: tuple[Any, ...]) -> list[str]:
+    """The keys the model holding the last key of a raw pydantic error ``location`` allows (as the file spells
+    them), found by walking the models (and ``data``, which picks a transport's config model) along it."""
+    kind: Any = Project
+    node = data
+    for part in location[:-1]:
+        kind = _unwrap(kind)
+        members = [m for m in get_args(kind) if m is not type(None)] if _is_union(kind) else None
+        if members is not None:
+            chosen = next((m for m in map(_unwrap, members) if part in _union_tags(m)), None)
+            if chosen is not None:  # a union branch tag: the node stays
+                kind = chosen
+                continue
+            kind = next((m for m in map(_unwrap, members) if isinstance(m, type) and issubclass(m, BaseModel)), None)
+        node = (
+            node.get(part)
+            if isinstance(node, dict)
+            else node[part]
+            if isinstance(node, list) and isinstance(part, int) and part < len(node)
+            else None
+        )
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            if kind is Transport and part == "config":
+                parent = _parent_node(data, location, part)
+                kind = TRANSPORT_CONFIG_MODELS.get(parent.get("name") if isinstance(parent, dict) else None)
+                continue
+            field = next((f for name, f in kind.model_fields.items() if part in (name, f.alias)), None)
+            kind = field.annotation if field is not None else None
+        elif get_origin(kind) in (dict, list):
+            kind = get_args(kind)[-1]
+        else:
+            return []
+    kind = _unwrap(kind)
+    if not (isinstance(kind, type) and issubclass(kind, BaseModel)):
+        return []
+    return [field.alias or name for name, field in kind.model_fields.items() if not field.exclude]
+
+
+def _parent_node(data: Any, location: tuple[Any, ...], part: Any) -> Any:
+    """The data node holding ``part`` (the last occurrence of it in ``location``), union tags skipped."""
+    node = data
+    for step in location[: len(location) - 1 - location[::-1].index(part)]:
+        if isinstance(node, dict) and step in node:
+            node = node[step]
+        elif isinstance(node, list) and isinstance(step, int) and step < len(node):
+            node = node[step]
+    return node
+
+
+def _unwrap(kind: Any) -> Any:
+    """``Annotated[X, ...]`` -> ``X``."""
+    return get_args(kind)[0] if get_origin(kind) is Annotated else kind
+
+
+def _is_union(kind: Any) -> bool:
+    return get_origin(kind) in (Union, types.UnionType)
+
+
+def _union_tags(kind: Any) -> set[str]:
+    """How pydantic names a union branch in an error location: its ``kind`` literal(s) or its class name."""
+    if not (isinstance(kind, type) and issubclass(kind, BaseModel)):
+        return set()
+    field = kind.model_fields.get("kind")
+    literal = get_args(field.annotation) if field is not None and get_origin(field.annotation) is Literal else ()
+    return {kind.__name__, *map(str, literal)}
 
 
 def parse_project(data: Any, path: Path | str = "<memory>", text: str | None = None) -> Project:
@@ -701,7 +802,7 @@ def _parse_project(data: Any, path: Path | str, text: str | None) -> Project:
     try:
         project = Project.model_validate(data)
     except ValidationError as exc:
-        located = [(_clean_location(tuple(error["loc"])), _describe(error)) for error in exc.errors()]
+        located = [(_clean_location(tuple(error["loc"])), _describe(error, data)) for error in exc.errors()]
         raise ProjectFileError(path, list(dict.fromkeys(_with_lines(located, text)))) from None
     project.source_path = Path(path) if path != "<memory>" else None
     problems = [problem for name, pipeline in project.pipelines.items() for problem in _graph_problems(name, pipeline)]

@@ -133,7 +133,8 @@ def test_prerequisites_refused_once_finalized(started: Lifecycle) -> None:
     assert response.response_code == "INVALID_CONNECTOR_CONFIGURATION_STATUS"
     assert response.message == (
         "Invalid connector configuration status. Expected configuration status: "
-        "[INSTALLED, PREREQUISITES_DONE, CONFIGURED, CONNECTED]. Current configuration status: FINALIZED."
+        "[INSTALLED, PREREQUISITES_DONE, CONFIGURED, CONNECTED]. Current configuration status: FINALIZED. "
+        "The wizard has finished (FINALIZED); nothing to redo."
     )
 
 
@@ -268,7 +269,10 @@ def test_reset_clears_configuration_and_prerequisites(life: Lifecycle) -> None:
 def test_reset_refused_when_started(started: Lifecycle) -> None:
     response = started.reset()
     assert response.response_code == "INVALID_CONNECTOR_STATUS"
-    assert response.message == "Invalid connector status. Expected status: [CONFIGURING]. Current status: STARTED."
+    assert response.message.startswith(
+        "Invalid connector status. Expected status: [CONFIGURING]. Current status: STARTED. "
+        "The pipeline is set up already"
+    )
 
 
 # ---------------------------------------------------------------------------------------- pause / resume
@@ -277,12 +281,17 @@ def test_pause_and_resume(started: Lifecycle) -> None:
     assert response.ok and started.state.status == "PAUSED" and not started.state.scheduling_enabled
     response = started.pause()
     assert response.response_code == "INVALID_CONNECTOR_STATUS"
-    assert response.message == "Invalid connector status. Expected status: [STARTED, PAUSING]. Current status: PAUSED."
+    assert response.message.startswith(
+        "Invalid connector status. Expected status: [STARTED, PAUSING]. Current status: PAUSED. It is PAUSED already;"
+    )
     resumed = started.resume()
     assert resumed.ok and started.state.status == "STARTED" and started.state.scheduling_enabled
     assert len(resumed.data["backups_uploaded"]) == 4, "a restart checks the 24-hour rule: nothing was backed up yet"
     response = started.resume()
-    assert response.message == "Invalid connector status. Expected status: [PAUSED, STARTING]. Current status: STARTED."
+    assert response.message == (
+        "Invalid connector status. Expected status: [PAUSED, STARTING]. Current status: STARTED. "
+        "It is STARTED already; `connectors pipeline p pause` stops it."
+    )
     events = [
         (e["procedure"], e["from_status"], e["to_status"])
         for e in reversed(started.state.events())

@@ -13,10 +13,11 @@ from typing import Any
 
 from connector_core.backups import RestoreError, restore_before_write, run_backup_check
 from connector_core.clients import ConnectionClients
+from connector_core.hints import configuration_way_out, status_way_out, with_way_out
 from connector_core.pipeline import ConnectorHandle, Pipeline
 from connector_core.project import Project
 from connector_core.state import PipelineState, StateDB, StateError
-from connector_core.vocabulary import ResponseCode, Status
+from connector_core.vocabulary import ConfigurationStatus, ResponseCode, Status
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,254}$")
 
@@ -164,6 +165,12 @@ class ProcedureEngine:
             response = Response(ResponseCode.INTERNAL_ERROR, str(exc))
         return response.redacted(self.pipeline.redact)
 
+    def prerequisites_open(self) -> bool:
+        """Whether the wizard still waits for prerequisites (so ``setup`` needs ``--confirm-prerequisites``)."""
+        if self.state.configuration_status != ConfigurationStatus.INSTALLED:
+            return False
+        return any(not item["done"] for item in self.state.prerequisites())
+
     def _check_backups(self, response: Response) -> Response:
         """After a (re)start: the 24-hour backup rule. What it uploaded, or why it failed, is added to the answer
         (and recorded as an event); a failed upload never fails the procedure, the next check retries it."""
@@ -192,12 +199,15 @@ class ProcedureEngine:
                 ResponseCode.CONNECTOR_STATUS_NOT_FOUND, f"pipeline {self.pipeline.name} has no state record"
             )
         if status not in step.statuses:
-            return Response(ResponseCode.INVALID_CONNECTOR_STATUS, expected("status", step.statuses, status))
+            way_out = status_way_out(self.pipeline.name, status, step.statuses, self.prerequisites_open())
+            message = with_way_out(expected("status", step.statuses, status), way_out)
+            return Response(ResponseCode.INVALID_CONNECTOR_STATUS, message)
         if step.configuration_statuses is not None and configuration not in step.configuration_statuses:
-            return Response(
-                ResponseCode.INVALID_CONNECTOR_CONFIGURATION_STATUS,
-                expected("configuration status", step.configuration_statuses, configuration),
+            way_out = configuration_way_out(self.pipeline.name, configuration, step.configuration_statuses)
+            message = with_way_out(
+                expected("configuration status", step.configuration_statuses, configuration), way_out
             )
+            return Response(ResponseCode.INVALID_CONNECTOR_CONFIGURATION_STATUS, message)
         try:
             refused = step.check() if step.check else None
         except ProcedureStopped:

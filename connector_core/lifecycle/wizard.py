@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+from connector_core.hints import setup_command
 from connector_core.lifecycle.engine import (
     ProcedureEngine,
     ProcedureStopped,
@@ -204,6 +205,9 @@ class WizardProcedures(ProcedureEngine):
         ]
         for name, call in calls:
             response = call()
+            if response.response_code == ResponseCode.PREREQUISITES_INCOMPLETE:
+                flag = setup_command(self.pipeline.name, prerequisites_open=True)
+                response.message += f" Once they are met, `{flag}` confirms them all."
             steps.append({"step": name, **response.as_dict()})
             if not response.ok:
                 response.data["steps"] = steps

@@ -44,12 +44,14 @@ def no_url_credentials(url: str) -> str:
 class DatagenField(_Config):
     """How one column is generated (Feldera's datagen semantics)."""
 
-    strategy: Literal["increment", "uniform", "zipf"] = "increment"
+    strategy: Literal["increment", "uniform", "zipf"] = Field(
+        default="increment", description="increment (in order), uniform or zipf (random)."
+    )
     range: tuple[float, float] | None = Field(default=None, description="Half-open [a, b): b is never produced.")
     values: list[Any] | None = Field(default=None, description="Used in order (increment) or sampled.")
     scale: float = Field(default=1, description="Step of increment per record.")
     e: float = Field(default=1.0, gt=0, description="Zipf exponent.")
-    null_percentage: float = Field(default=0, ge=0, le=100)
+    null_percentage: float = Field(default=0, ge=0, le=100, description="Share of nulls, in percent.")
 
     @model_validator(mode="after")
     def _check(self) -> DatagenField:
@@ -67,21 +69,25 @@ class DatagenPlan(_Config):
 
     rate: float | None = Field(default=None, gt=0, description="Records per second; unlimited when absent.")
     limit: int | None = Field(default=None, ge=0, description="Records in this step; endless when absent.")
-    fields: dict[str, DatagenField] = Field(default_factory=dict)
+    fields: dict[str, DatagenField] = Field(
+        default_factory=dict, description="column name -> how it is generated (default: increment)."
+    )
 
 
 class DatagenConfig(_Config):
     """Generated records: a list of plans run in order."""
 
-    plan: list[DatagenPlan] = Field(default_factory=lambda: [DatagenPlan()], min_length=1)
-    seed: int | None = None
+    plan: list[DatagenPlan] = Field(
+        default_factory=lambda: [DatagenPlan()], min_length=1, description="Steps run in order."
+    )
+    seed: int | None = Field(default=None, description="Seed of the random strategies (default: random).")
 
 
 class FileInputConfig(_Config):
     """A local file; with ``follow`` the file is polled for appended lines."""
 
-    path: str
-    follow: bool = False
+    path: str = Field(description="The file, relative to the project file's folder.")
+    follow: bool = Field(default=False, description="Poll the file for appended lines (never ends).")
     chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, gt=0, description="Bytes read per batch at most.")
 
 
@@ -89,7 +95,7 @@ class UrlInputConfig(_Config):
     """One HTTP GET; end of input when the body is read."""
 
     path: str = Field(description="http(s) URL, without credentials (give them in headers)")
-    timeout_seconds: float = Field(default=30, gt=0)
+    timeout_seconds: float = Field(default=30, gt=0, description="Seconds the request may take.")
     headers: dict[str, str | EnvSecret] = Field(
         default_factory=dict,
         description="Extra request headers; secret ones (Authorization, tokens, keys) only as {env: NAME}.",
@@ -107,10 +113,16 @@ class KafkaInputConfig(_Config):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    topic: str
+    topic: str = Field(description="The topic to read.")
     connection: str | None = Field(default=None, description="Name of a kafka connection of the pipeline.")
-    start_from: Literal["earliest", "latest"] | dict[str, list[int]] = "earliest"
-    enable_partition_eof: bool = Field(default=False, alias="enable.partition.eof")
+    start_from: Literal["earliest", "latest"] | dict[str, list[int]] = Field(
+        default="earliest", description="earliest, latest or {offsets: [offset per partition]}."
+    )
+    enable_partition_eof: bool = Field(
+        default=False,
+        alias="enable.partition.eof",
+        description="End of input at the end of every partition (else never ends).",
+    )
     poll_timeout_seconds: float = Field(default=1.0, gt=0, description="Longest wait for one batch.")
     metadata_timeout_seconds: float = Field(default=10.0, gt=0, description="Longest wait for the broker's answer.")
     chunk_size: int = Field(
@@ -145,12 +157,12 @@ def _looks_like_librdkafka_key(key: str) -> bool:
 class PostgresInputConfig(_Config):
     """A snapshot of a query result (or a whole table) over a postgres connection."""
 
-    connection: str
+    connection: str = Field(description="Name of a postgres connection of the pipeline.")
     query: str | None = Field(
         default=None, description="SELECT to snapshot; give it an ORDER BY so a resume after a restart is exact."
     )
     table: str | None = Field(default=None, description="'table' or 'schema.table'; read in primary-key order.")
-    batch_rows: int = Field(default=50_000, gt=0)
+    batch_rows: int = Field(default=50_000, gt=0, description="Rows per batch.")
 
     @model_validator(mode="after")
     def _one_source(self) -> PostgresInputConfig:
@@ -162,10 +174,12 @@ class PostgresInputConfig(_Config):
 class S3InputConfig(_Config):
     """Objects under a prefix (or one key) in a bucket, in key order."""
 
-    connection: str | None = None
-    bucket: str
-    prefix: str | None = None
-    key: str | None = None
+    connection: str | None = Field(
+        default=None, description="Name of an s3 connection of the pipeline (default: the AWS chain)."
+    )
+    bucket: str = Field(description="The bucket.")
+    prefix: str | None = Field(default=None, description="Read every object under this prefix, in key order.")
+    key: str | None = Field(default=None, description="Read this one object.")
     chunk_size: int = Field(
         default=DEFAULT_CHUNK_SIZE, gt=0, description="Bytes per batch at most (pieces end at a newline)."
     )
