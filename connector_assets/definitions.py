@@ -73,6 +73,23 @@ def _resource_key_problems(project: Project, pipeline_name: str) -> list[str]:
     return problems
 
 
+#: Dagster's run tag read by run monitoring: a run still unfinished that many seconds after it started is ended.
+MAX_RUNTIME_TAG = "dagster/max_runtime"
+
+
+def ingest_max_runtime(project: Project, pipeline_name: str) -> float:
+    """Seconds after which run monitoring may end an ingest run: twice ``max_run_seconds`` plus 10 s.
+
+    A run stops itself after ``max_run_seconds`` (plus its start-up, the batch in progress and its
+    materializations), so only a run whose worker is gone (killed with the daemon's process group, a lost host)
+    lasts this long. Without this tag such a run stays STARTED and the sensor, which never requests a second run
+    for a table with one in progress, would wait for it forever; with ``run_monitoring`` enabled on the instance
+    the run is marked failed and the sensor requests the next. Ending a live run this way is safe too: a
+    terminated run commits the batch in progress, and the sink's marks keep every record exactly once.
+    """
+    return 2 * project.pipeline(pipeline_name).max_run_seconds + 10
+
+
 def build_pipeline_definitions(
     pipeline_name: str,
     project: Project,
@@ -102,7 +119,7 @@ def build_pipeline_definitions(
         selection=dg.AssetSelection.assets(assets),
         description=f"Stream the active connectors of the selected tables of pipeline {pipeline_name} into the sink "
         "until they are paused or finished, the run is terminated or max_run_seconds passed.",
-        tags=pipeline_tags(pipeline_name),
+        tags={**pipeline_tags(pipeline_name), MAX_RUNTIME_TAG: f"{ingest_max_runtime(project, pipeline_name):g}"},
     )
     lifecycle_jobs = build_lifecycle_jobs(pipeline_name, project, state_dir, hooks)
     (backup_job,) = [job for job in lifecycle_jobs if job.name == lifecycle_job_name(pipeline_name, "backup")]
