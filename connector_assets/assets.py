@@ -8,6 +8,7 @@ from typing import Any
 
 import dagster as dg
 
+from connector_assets.checks import table_check_specs
 from connector_assets.names import connectors_resource_key, tables_asset_name
 from connector_assets.resource import ConnectorsResource, with_signature
 from connector_assets.translator import ConnectorsTranslator, build_connector_asset_specs
@@ -28,7 +29,9 @@ def connector_assets(
     """The tables of one pipeline as one subsettable ``multi_asset`` around your own asset body.
 
     One asset per table, its spec from ``translator`` (default :class:`ConnectorsTranslator`); ``name`` defaults
-    to ``{pipeline}__tables``, ``group_name`` replaces the translator's groups. The body gets the pipeline's
+    to ``{pipeline}__tables``, ``group_name`` replaces the translator's groups. Each table has the asset checks
+    ``hourly_volume``, ``parse_error_rate`` and ``backup_age`` (:mod:`connector_assets.checks`, WARN), which
+    :meth:`ConnectorsResource.ingest` evaluates after the table's result. The body gets the pipeline's
     :class:`ConnectorsResource` under the key you bind it to:
 
     .. code-block:: python
@@ -50,6 +53,7 @@ def connector_assets(
     return dg.multi_asset(
         name=name or tables_asset_name(pipeline_name),
         specs=specs,
+        check_specs=table_check_specs(spec.key for spec in specs),
         can_subset=True,
         description=description or f"Stream the active connectors of pipeline {pipeline_name} into their tables.",
         op_tags=op_tags,

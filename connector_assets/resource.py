@@ -20,6 +20,7 @@ from dagster._utils.interrupts import capture_interrupts, check_captured_interru
 from dagster_duckdb import DuckDBResource
 from pydantic import Field, create_model
 
+from connector_assets.checks import table_check_results
 from connector_assets.metadata import materialization_metadata, table_materialization_metadata, table_metadata
 from connector_assets.names import BACKUP_CHECK_TAG, BACKUP_WARNING_KEY
 from connector_assets.translator import table_asset_keys
@@ -121,7 +122,9 @@ class ConnectorsResource(dg.ConfigurableResource):
             connections[name] = resource
         return ResourceClients(pipeline, connections, self.sink)
 
-    def ingest(self, context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult | dg.AssetObservation]:
+    def ingest(
+        self, context: dg.AssetExecutionContext
+    ) -> Iterator[dg.MaterializeResult | dg.AssetObservation | dg.AssetCheckResult]:
         """Ingest the tables the run selected continuously, then materialize what was committed.
 
         The run streams (:func:`connector_core.streaming.ingest_continuously`): batch after batch from each active
@@ -132,7 +135,8 @@ class ConnectorsResource(dg.ConfigurableResource):
         ``MaterializeResult`` per table that ingested, with ``dagster/row_count``, ``dagster/table_name``,
         ``dagster/column_schema``, records, bytes, seconds, throughput, errors, per-connector counts and stats.
         A table with no active connector yields an ``AssetObservation`` saying why
-        (``connectors/skipped_reason``) and a warning in the run log.
+        (``connectors/skipped_reason``) and a warning in the run log. Each table's result is followed by its
+        selected asset checks (``hourly_volume``, ``parse_error_rate``, ``backup_age``; WARN, never failing the run).
         """
         keys = table_asset_keys(context.assets_def, self.pipeline_name)
         if not keys:
@@ -163,9 +167,14 @@ class ConnectorsResource(dg.ConfigurableResource):
         session: IngestSession,
         selected: dict[str, dg.AssetKey],
         backup_warning: str | None,
-    ) -> Iterator[dg.MaterializeResult | dg.AssetObservation]:
-        """The continuous loop over ``selected`` tables, its progress observations and final results."""
+    ) -> Iterator[dg.MaterializeResult | dg.AssetObservation | dg.AssetCheckResult]:
+        """The continuous loop over ``selected`` tables, its progress observations and final results, each table's
+        followed by its selected asset checks (:func:`connector_assets.checks.table_check_results`)."""
         warning = {BACKUP_WARNING_KEY: dg.MetadataValue.text(backup_warning)} if backup_warning else {}
+        checked = {check.asset_key for check in context.selected_asset_check_keys}
+        for table, key in table_asset_keys(context.assets_def, self.pipeline_name).items():
+            if key in checked and key not in selected.values():  # the checks were selected without their table
+                yield from table_check_results(context, pipeline, session.clients, table, key, None)
         active = []
         for table, key in selected.items():
             reason = table_idle_reason(pipeline, table)
@@ -174,6 +183,7 @@ class ConnectorsResource(dg.ConfigurableResource):
                 continue
             context.log.warning(f"{self.pipeline_name}.{table}: nothing ingested: {reason}")
             yield dg.AssetObservation(asset_key=key, metadata={"connectors/skipped_reason": reason, **warning})
+            yield from table_check_results(context, pipeline, session.clients, table, key)
         if not active:
             return
         spec = pipeline.spec
@@ -209,7 +219,7 @@ class ConnectorsResource(dg.ConfigurableResource):
             interrupts.received = True
             stop.reason = TERMINATED
         context.log.info(f"{self.pipeline_name}: {totals.records} records in {totals.batches} batches; {stop.reason}")
-        results: list[dg.MaterializeResult | dg.AssetObservation] = []
+        results: list[dg.MaterializeResult | dg.AssetObservation | dg.AssetCheckResult] = []
         with interrupts.deferred():  # the results are computed whole, then yielded (see _Interrupts)
             if stop.reason == TERMINATED and not interrupts.received:
                 interrupts.await_signal(TERMINATION_SIGNAL_SECONDS)
@@ -218,11 +228,16 @@ class ConnectorsResource(dg.ConfigurableResource):
                 if table not in totals.tables():
                     metadata = {"connectors/skipped_reason": stop.reason or "stopped", **warning}
                     results.append(dg.AssetObservation(asset_key=key, metadata=metadata))
+                    results.extend(table_check_results(context, pipeline, session.clients, table, key))
                     continue
                 report = totals.table_report(table, _row_count(session, table, context))
                 spec = context.assets_def.specs_by_key[key]
                 commits = totals.commits.get(table, 0)
                 results.append(self._materialize(pipeline, session, report, spec, commits, stop.reason, backup_warning))
+                parse_errors = sum(batch.parse_errors for batch in report.batches)
+                results.extend(
+                    table_check_results(context, pipeline, session.clients, table, key, (report.records, parse_errors))
+                )
                 context.log.info(
                     f"{self.pipeline_name}.{table}: {report.records} records in {report.seconds:.3f}s, "
                     f"{report.row_count} rows in the table"
