@@ -173,3 +173,55 @@ def test_a_command_sink_whose_program_is_missing_is_a_load_error(tmp_path: Path)
     with pytest.raises(ProjectFileError) as error:
         load_project(project)
     assert "pipelines.p.sink.command" in str(error.value) and "not found on PATH" in str(error.value)
+
+
+LEAKY_SINK = r"""
+import os, sys
+print("token is", os.environ["SINK_TOKEN"], file=sys.stderr, flush=True)
+sys.exit(2)
+"""
+
+ECHO_PROCESSOR = r"""
+import os, sys
+print("processor token", os.environ["PROC_TOKEN"], file=sys.stderr, flush=True)
+sys.stdin.readline()
+for line in sys.stdin:
+    sys.stdout.write(line)
+    sys.stdout.flush()
+"""
+
+
+def test_secrets_of_a_command_sink_and_a_processor_stay_out_of_every_file_and_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sentinels in the ``{env: ...}`` secrets of a command sink and of a jsonl processor: the programs get them, print
+    them to stderr and the sink fails; the error that names the sink carries its stderr tail masked, and no file under
+    the project (state, backups, anything) and no output holds a sentinel."""
+    sentinels = {"SINK_TOKEN": "SENTINEL-sink-4711", "PROC_TOKEN": "SENTINEL-proc-4712"}
+    for name, value in sentinels.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "sink.py").write_text(LEAKY_SINK)
+    (tmp_path / "proc.py").write_text(ECHO_PROCESSOR)
+    sink = {"kind": "command", "command": ["python3", "sink.py"], "env": {"SINK_TOKEN": {"env": "SINK_TOKEN"}}}
+    project = write_project(tmp_path, sink, limit=10)
+    data = yaml.safe_load(project.read_text())
+    data["pipelines"]["p"]["tables"]["numbers"]["connectors"][0]["processors"] = [
+        {
+            "kind": "command",
+            "protocol": "jsonl",
+            "command": ["python3", "proc.py"],
+            "env": {"PROC_TOKEN": {"env": "PROC_TOKEN"}},
+        }
+    ]
+    project.write_text(yaml.safe_dump(data, sort_keys=False))
+    connectors(project, "setup", "p", "--confirm-prerequisites")
+    result = CliRunner().invoke(cli, ["--project-file", str(project), "run", "p"])
+    answer = json.loads(result.stdout)
+    assert result.exit_code == 1 and answer["response_code"] == "CONNECTOR_FATAL_ERROR"
+    assert "command sink 'python3 sink.py' exited with 2" in answer["message"] and "token is ****" in answer["message"]
+    outputs = result.stdout + result.stderr
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and p.name not in ("sink.py", "proc.py")]
+    assert any(p.name == "sqlite.db" for p in files), "the state and its backups were written"
+    for value in sentinels.values():
+        assert value not in outputs
+        assert [p for p in files if value.encode() in p.read_bytes()] == []
