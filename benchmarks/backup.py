@@ -34,7 +34,7 @@ from pathlib import Path
 from connector_core.backups import FolderStore, S3Store, backup_database, check_backups, fsync_path
 from connector_core.pipeline import Pipeline
 from connector_core.project import parse_project
-from connector_core.state import ConnectorState, integrity_problems
+from connector_core.state import SQLiteConnectorState, integrity_problems
 
 EVENT_BYTES = 350  #: roughly what one event row takes on disk below
 
@@ -42,7 +42,7 @@ EVENT_BYTES = 350  #: roughly what one event row takes on disk below
 def build_database(path: Path, megabytes: int) -> None:
     """The connector schema (real migrations), bulk rows inserted without a journal, then WAL with a few commits
     left in the WAL (the snapshot has a checkpoint to make)."""
-    ConnectorState(path).close()
+    SQLiteConnectorState(path).close()
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = DELETE")
     conn.execute("PRAGMA synchronous = OFF")
@@ -62,7 +62,7 @@ def build_database(path: Path, megabytes: int) -> None:
     conn.execute("COMMIT")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.close()
-    state = ConnectorState(path)
+    state = SQLiteConnectorState(path)
     state.initialize("c", "p", "t.c", "datagen", {}, [], False)
     for number in range(50):
         state.record_transport_error(f"recent error {number}")

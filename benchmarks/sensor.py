@@ -1,4 +1,10 @@
-"""Sensor benchmark: ``.venv/bin/python benchmarks/sensor.py [--sizes 10,100,1000] [--ticks 5] [--profile]``.
+"""Sensor benchmark: ``.venv/bin/python benchmarks/sensor.py [--sizes 10,100,1000] [--ticks 5] [--profile]
+[--backends sqlite,postgres]``.
+
+Each state backend is measured (columns ``sqlite`` and ``postgres``): SQLite files under the state folder, and
+PostgreSQL state (``state: {kind: postgres}``) in a fresh database of the local server (``BENCH_POSTGRES_ADMIN_DSN``,
+default ``postgresql://postgres@127.0.0.1:5432/postgres``; dropped afterwards), where a tick reads every connector
+of the pipeline in a constant number of queries.
 
 One pipeline per size with 10, 100 and 1,000 connectors over several tables (10 connectors a table, at least two
 tables). Each table cycles through four kinds of connector: a ``backfill`` that has finished (end of input), a
@@ -22,10 +28,14 @@ tick's read-only connections create them again: a cost of the file system, paid 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
+import os
 import pstats
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -39,12 +49,14 @@ from connector_core.state import BatchCommit
 from resources import build_clients
 
 PIPELINE = "bench"
+STATE_DSN_ENV = "BENCH_STATE_DSN"
 CONNECTORS_PER_TABLE = 10
 KINDS = ("backfill", "live", "feed", "late")
 
 
-def project_data(connectors: int) -> dict[str, object]:
-    """A project with ``connectors`` datagen connectors over ``connectors / 10`` tables (at least two)."""
+def project_data(connectors: int, backend: str = "sqlite") -> dict[str, object]:
+    """A project with ``connectors`` datagen connectors over ``connectors / 10`` tables (at least two); its state in
+    PostgreSQL (``$BENCH_STATE_DSN``) with ``backend`` postgres."""
     tables = max(2, connectors // CONNECTORS_PER_TABLE)
     specs: dict[str, list[dict[str, object]]] = {f"t{n}": [] for n in range(tables)}
     for number in range(connectors):
@@ -59,15 +71,33 @@ def project_data(connectors: int) -> dict[str, object]:
         elif kind == "late":
             spec["start_after"] = [f"{table}.feeds"]
         specs[table].append(spec)
-    return {
-        "pipelines": {
-            PIPELINE: {
-                "org_slug": "acme",
-                "sink": {"kind": "duckdb", "path": "warehouse.duckdb"},
-                "tables": {table: {"connectors": connectors} for table, connectors in specs.items()},
-            }
-        }
+    pipeline: dict[str, object] = {
+        "org_slug": "acme",
+        "sink": {"kind": "duckdb", "path": "warehouse.duckdb"},
+        "tables": {table: {"connectors": connectors} for table, connectors in specs.items()},
     }
+    if backend == "postgres":
+        pipeline["connections"] = {"state_db": {"kind": "postgres", "dsn": {"env": STATE_DSN_ENV}}}
+        pipeline["state"] = {"kind": "postgres", "connection": "state_db", "schema": f"bench_{connectors}"}
+    return {"pipelines": {PIPELINE: pipeline}}
+
+
+@contextlib.contextmanager
+def state_database() -> Iterator[None]:
+    """A fresh PostgreSQL database for the state, in ``$BENCH_STATE_DSN`` while the block runs; dropped after."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    admin_dsn = os.environ.get("BENCH_POSTGRES_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"sensor_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    os.environ[STATE_DSN_ENV] = make_conninfo(**(conninfo_to_dict(admin_dsn) | {"dbname": name}))
+    try:
+        yield
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def build_state(project_file: Path) -> None:
@@ -105,16 +135,16 @@ def close_as_a_run_does(project_file: Path) -> None:
     Pipeline(load_project(project_file), PIPELINE).close()
 
 
-def bench_size(connectors: int, ticks: int, work: Path, profile: bool) -> tuple[float, float]:
+def bench_size(connectors: int, ticks: int, work: Path, profile: bool, backend: str) -> tuple[float, float]:
     """Seconds of the best tick of a pipeline with ``connectors`` connectors, and of a tick right after every
     database was closed by a writer."""
-    folder = work / f"n{connectors}"
+    folder = work / f"{backend}-n{connectors}"
     folder.mkdir()
     project_file = folder / "connectors.yaml"
-    project_file.write_text(yaml.safe_dump(project_data(connectors), sort_keys=False))
+    project_file.write_text(yaml.safe_dump(project_data(connectors, backend), sort_keys=False))
     started = time.perf_counter()
     build_state(project_file)
-    print(f"{connectors} connectors: state built in {time.perf_counter() - started:.1f} s", flush=True)
+    print(f"{backend}, {connectors} connectors: state built in {time.perf_counter() - started:.1f} s", flush=True)
     defs = build_definitions(project_file)
     sensor = defs.resolve_sensor_def(f"{PIPELINE}__orchestration")
     (folder / "dagster_home").mkdir()
@@ -147,16 +177,26 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,100,1000", help="connector counts, comma-separated")
     parser.add_argument("--ticks", type=int, default=5, help="timed ticks per size (the best counts)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of one tick at each size")
+    parser.add_argument("--backends", default="sqlite,postgres", help="state backends, comma-separated")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
-    with tempfile.TemporaryDirectory(prefix="sensor-bench-") as folder:
-        measured = {size: bench_size(size, args.ticks, Path(folder), args.profile) for size in sizes}
+    for backend in args.backends.split(","):
+        print(f"== state backend: {backend}", flush=True)
+        with tempfile.TemporaryDirectory(prefix="sensor-bench-") as folder, contextlib.ExitStack() as stack:
+            if backend == "postgres":
+                stack.enter_context(state_database())
+            measured = {size: bench_size(size, args.ticks, Path(folder), args.profile, backend) for size in sizes}
+        report(backend, sizes, measured)
+
+
+def report(backend: str, sizes: list[int], measured: dict[int, tuple[float, float]]) -> None:
+    """Print one backend's column: ms per tick and per connector, ratios, the marginal cost."""
     best = {size: seconds for size, (seconds, _) in measured.items()}
     base = best[sizes[0]] * 1000 / sizes[0]
     for size in sizes:
         per_connector = best[size] * 1000 / size
         print(
-            f"{size:>5} connectors: tick {best[size] * 1000:8.1f} ms, {per_connector:.3f} ms/connector, "
+            f"{backend:>8} {size:>5} connectors: tick {best[size] * 1000:8.1f} ms, {per_connector:.3f} ms/connector, "
             f"ratio vs {sizes[0]}: {per_connector / base:.2f}; right after a run closed every database: "
             f"{measured[size][1] * 1000 / size:.3f} ms/connector"
         )
@@ -167,7 +207,7 @@ def main() -> None:
             f"marginal cost {small}->{large}: {marginal:.3f} ms/connector "
             f"(linear: ms/connector at {large} is {best[large] * 1000 / large / marginal:.2f}x the marginal cost)"
         )
-    print(f"ms_per_connector={best[sizes[-1]] * 1000 / sizes[-1]:.3f}", flush=True)
+    print(f"{backend}: ms_per_connector={best[sizes[-1]] * 1000 / sizes[-1]:.3f}", flush=True)
 
 
 if __name__ == "__main__":

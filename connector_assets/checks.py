@@ -10,6 +10,7 @@ import dagster as dg
 
 from connector_core import checks
 from connector_core.backups import open_store
+from connector_core.clients import ConnectionClients
 from connector_core.pipeline import Pipeline
 from resources import ResourceClients
 
@@ -44,7 +45,42 @@ def table_check_results(
     """The results of the table's checks the run selected; a check that cannot be computed fails (WARN) with the
     reason in its metadata, the run goes on. ``counts`` are the run's records and parse errors of the table;
     ``None`` (the checks run without the table) takes those of the last completed hour."""
-    selected = context.selected_asset_check_keys
+    selected = {check.name for check in context.selected_asset_check_keys if check.asset_key == key}
+    for name, outcome in check_outcomes(pipeline, clients, table, counts, selected):
+        yield dg.AssetCheckResult(
+            check_name=name,
+            asset_key=key,
+            passed=outcome.passed,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata=_metadata(outcome.metadata),
+        )
+
+
+def table_check_evaluations(
+    pipeline: Pipeline, clients: ConnectionClients, table: str, key: dg.AssetKey, counts: tuple[int, int]
+) -> list[dg.AssetCheckEvaluation]:
+    """Every check of the table as evaluations to report outside a run (what ``connectors run`` records in the
+    Dagster instance, so the asset page shows the CLI's checks as it shows a Dagster run's)."""
+    return [
+        dg.AssetCheckEvaluation(
+            asset_key=key,
+            check_name=name,
+            passed=outcome.passed,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata=_metadata(outcome.metadata),
+        )
+        for name, outcome in check_outcomes(pipeline, clients, table, counts, set(DESCRIPTIONS))
+    ]
+
+
+def check_outcomes(
+    pipeline: Pipeline,
+    clients: ConnectionClients,
+    table: str,
+    counts: tuple[int, int] | None,
+    names: set[str],
+) -> Iterator[tuple[str, checks.CheckOutcome]]:
+    """The outcome of each check in ``names`` (a check that cannot be computed fails, with the reason)."""
 
     def parse_rate() -> checks.CheckOutcome:
         records, parse_errors = counts if counts is not None else checks.last_hour_counts(pipeline, table)
@@ -58,19 +94,13 @@ def table_check_results(
         BACKUP_AGE: lambda: checks.backup_age(pipeline, open_store(pipeline, clients), table),
     }
     for name, rule in rules.items():
-        if dg.AssetCheckKey(key, name) not in selected:
+        if name not in names:
             continue
         try:
             outcome = rule()
         except Exception as exc:  # a check never fails the run
             outcome = checks.CheckOutcome(False, {"error": f"{type(exc).__name__}: {exc}"})
-        yield dg.AssetCheckResult(
-            check_name=name,
-            asset_key=key,
-            passed=outcome.passed,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata=_metadata(outcome.metadata),
-        )
+        yield name, outcome
 
 
 def _metadata(values: dict[str, Any]) -> dict[str, Any]:

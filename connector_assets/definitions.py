@@ -82,9 +82,10 @@ def ingest_max_runtime(project: Project, pipeline_name: str) -> float:
 
     A run stops itself after ``max_run_seconds`` (plus its start-up, the batch in progress and its
     materializations), so only a run whose worker is gone (killed with the daemon's process group, a lost host)
-    lasts this long. Without this tag such a run stays STARTED and the sensor, which never requests a second run
-    for a table with one in progress, would wait for it forever; with ``run_monitoring`` enabled on the instance
-    the run is marked failed and the sensor requests the next. Ending a live run this way is safe too: a
+    lasts this long. Without this tag such a run stays STARTED and the table waits for it forever (the sensor never
+    requests a second run for a table with one in progress; on an instance whose run queue limits ``connectors/table``
+    to one run, the one run it queues never leaves the queue); with ``run_monitoring`` enabled on the instance the
+    run is marked failed and the next one starts. Ending a live run this way is safe too: a
     terminated run commits the batch in progress, and the sink's marks keep every record exactly once.
     """
     return 2 * project.pipeline(pipeline_name).max_run_seconds + 10

@@ -5,6 +5,15 @@ is the op's output (logged and attached as output metadata); any other response,
 database that cannot be opened included, fails the op with ``dg.Failure`` carrying the response as JSON metadata,
 without retries.
 
+Run config: the classes below (``PrerequisitesConfig`` ... ``RestoreConfig``) are the generic forms, usable from
+Python (``dg.RunConfig(ops={op: ConnectorConfig(connector="price.live")})``). Each op takes its pipeline's version,
+built by :func:`pipeline_configs` from the project file: the names a user picks become Python enums, which the
+Launchpad offers as choices and Dagster checks before a run starts; a connector is one choice of ``table.connector``
+endpoints (one field rather than a table and a connector, so only connectors that exist are offered), a connection
+one of the pipeline's connections, a prerequisite one of its ids. Every field has a default wherever one exists
+(the only connector or connection, flags off, ``recover`` to PAUSED), so a job that needs no input launches with
+an empty config.
+
 The backup jobs call the same functions as ``connectors backup`` / ``connectors restore``
 (``Lifecycle.backup``, ``Lifecycle.restore``): ``{p}__backup`` (what
 the schedule ``{p}__backups`` launches) attaches its report per database as a table; a failed upload fails it.
@@ -12,31 +21,43 @@ the schedule ``{p}__backups`` launches) attaches its report per database as a ta
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, create_model
 
-from connector_assets.names import connectors_resource_key, lifecycle_job_name, lifecycle_op_name, pipeline_tags
+from connector_assets.names import (
+    connectors_resource_key,
+    dagster_name,
+    lifecycle_job_name,
+    lifecycle_op_name,
+    pipeline_tags,
+)
 from connector_assets.resource import ConnectorsResource, with_signature
 from connector_core.lifecycle import Hook, Lifecycle, Response, RestoreSource, run_procedure
+from connector_core.lifecycle.updates import CONNECTION_FIELDS
+from connector_core.lifecycle.wizard import SINK_FIELDS
 from connector_core.pipeline import Pipeline
 from connector_core.project import PipelineSpec, Project, parse_setting_value
 from connector_core.vocabulary import RECOVER_TARGETS, Status
+
+#: How a user types a secret into a Launchpad form (the one secret rule, ``connector_core/secrets.py``).
+SECRETS_HINT = "secrets only as env:NAME (the name of the environment variable holding it)"
 
 
 class PrerequisitesConfig(dg.Config):
     """Mark prerequisites of the wizard's checklist done, and/or complete the step."""
 
-    done: list[str] = Field(default=[], description="Ids of the prerequisites to mark done.")
+    done: list[str] = Field(default=[], description="The prerequisites you have met (their ids), to mark done.")
     all: bool = Field(default=False, description="Mark every prerequisite done.")
     complete: bool = Field(
         default=False,
-        description="Complete the step (INSTALLED -> PREREQUISITES_DONE); refused while a prerequisite is open.",
+        description="Also complete the step (INSTALLED -> PREREQUISITES_DONE); refused while a prerequisite is open.",
     )
 
 
@@ -45,8 +66,7 @@ class ConfigureConfig(dg.Config):
 
     values: dict[str, str] = Field(
         default={},
-        description="Sink settings to store: duckdb takes path, schema; snowflake takes connection, database, "
-        "schema, warehouse; kafka takes max_message_bytes, partitions; command takes timeout_seconds. Empty: keep the project file's.",
+        description="Sink settings to store, on top of the project file's (empty: keep the project file's).",
     )
 
 
@@ -54,7 +74,8 @@ class SetupConfig(dg.Config):
     """Run the whole wizard from the project file."""
 
     confirm_prerequisites: bool = Field(
-        default=False, description="Mark every prerequisite done (you confirm they are); else open ones stop setup."
+        default=False,
+        description="Mark every prerequisite done (you confirm they are met); else an open one stops the setup.",
     )
 
 
@@ -67,50 +88,149 @@ class RecoverConfig(dg.Config):
     """Leave ERROR (or a stuck STARTING/PAUSING) for the status you name."""
 
     to: RecoverTarget = Field(  # type: ignore[valid-type]
-        description=f"The status to recover to: {' or '.join(RECOVER_TARGETS)}."
+        default=RecoverTarget[Status.PAUSED.name],
+        description="The status to recover to: PAUSED (nothing ingests until you resume it) or STARTED.",
     )
 
 
 class UpdateConnectionConfig(dg.Config):
     """New settings of one connection (the pipeline must be PAUSED); they are tested before being stored."""
 
-    connection: str = Field(description="Name of the connection in the project file.")
+    connection: str = Field(description="The connection to update (its name in the project file).")
     values: dict[str, str] = Field(
-        description="Settings to change, as `connectors ... --set` takes them: true/false and numbers are "
-        "parsed; secrets only as references, 'env:NAME' (the name of the environment variable)."
+        description=f"Settings to change, e.g. dsn: env:NEW_DSN; true/false and numbers are parsed; {SECRETS_HINT}."
     )
 
 
 class UpdateWarehouseConfig(dg.Config):
     """The Snowflake warehouse the sink loads through (the pipeline must be PAUSED)."""
 
-    warehouse: str = Field(description="Name of the Snowflake warehouse.")
+    warehouse: str = Field(description="Name of the Snowflake warehouse to load through from now on.")
 
 
 class ConnectorConfig(dg.Config):
-    """One connector of the pipeline, addressed as table.connector."""
+    """One connector of the pipeline, named by its endpoint ``table.connector``: one choice among the connectors
+    that exist (the Launchpad's list), rather than a table and a connector name that may not go together."""
 
-    table: str = Field(description="Table the connector feeds.")
-    connector: str = Field(description="Name of the connector inside the table.")
+    connector: str = Field(description="The connector, as table.connector (e.g. price.live).")
 
 
 class BackupConfig(dg.Config):
     """Back up the pipeline's state databases by the 24-hour rule (what the schedule runs hourly)."""
 
     force: bool = Field(
-        default=False, description="Upload every state database, however fresh its backup (else: max_age_hours)."
+        default=False,
+        description="Upload every state database, however fresh its backup (else only those older than max_age_hours).",
     )
 
 
 class RestoreConfig(ConnectorConfig):
     """Restore one Paused connector from the backup of another pipeline's connector, onto its own ids."""
 
-    from_pipeline: str = Field(description="The old pipeline id (its backups are under .../datahub/{id}/).")
-    from_connector: str = Field(description="The old connector id (.../connector/{id}/).")
-    from_org: str | None = Field(default=None, description="The old org_slug; empty: the pipeline's own.")
+    from_pipeline: str = Field(description="The old pipeline's id (its backups are under .../datahub/{id}/).")
+    from_connector: str = Field(description="The old connector's id (.../connector/{id}/).")
+    from_org: str | None = Field(default=None, description="The old org_slug; empty: this pipeline's own.")
     force: bool = Field(
         default=False, description="Replace the sink mark the connector already has of its own (else refused)."
     )
+
+
+def choices(name: str, values: Iterable[str]) -> type[StrEnum] | None:
+    """An enum of ``values``, each member named by its value (the Launchpad offers the names), or ``None`` when
+    there is none or one cannot name a member (``_x_``, ``mro``): the field then stays free text.
+
+    Its name is ``name`` and a digest of the values: Dagster memoizes config shapes process-wide by their fields'
+    type names, so an enum of the same name with other values (the pipeline rebuilt after an edit of the project
+    file) would get the first one's choices.
+    """
+    values = list(values)
+    if not values:
+        return None
+    digest = hashlib.sha1("\n".join(values).encode()).hexdigest()[:8]
+    try:
+        return StrEnum(f"{name}_{digest}", {value: value for value in values})  # type: ignore[return-value]
+    except (ValueError, TypeError):
+        return None
+
+
+def choice(enum: type[StrEnum] | None, description: str) -> tuple[Any, Any] | None:
+    """A field choosing one member of ``enum``, defaulting to it when it is the only one (``None``: no enum)."""
+    if enum is None:
+        return None
+    members = list(enum)
+    return enum, Field(members[0] if len(members) == 1 else ..., description=description)
+
+
+def pipeline_configs(pipeline_name: str, spec: PipelineSpec) -> dict[type[dg.Config], type[dg.Config]]:
+    """Each generic config class -> its version for one pipeline: enums ``{p}_Connector_*`` (``table.connector``
+    endpoints), ``{p}_Connection_*`` and ``{p}_Prerequisite_*`` from ``spec``, and descriptions naming what the
+    pipeline's sink and connections take. A class with nothing to narrow stays generic."""
+    prefix = dagster_name(pipeline_name)
+    connectors = choices(f"{prefix}_Connector", (f"{table}.{c.name}" for table, c in spec.iter_connectors()))
+    connections = choices(f"{prefix}_Connection", spec.connections)
+    prerequisites = choices(f"{prefix}_Prerequisite", (p.id for p in spec.prerequisites))
+
+    def narrowed(base: type[dg.Config], **fields: tuple[Any, Any] | None) -> type[dg.Config]:
+        given = {name: field for name, field in fields.items() if field is not None}
+        if not given:
+            return base
+        return create_model(  # type: ignore[call-overload, no-any-return]
+            f"{prefix}_{base.__name__}", __base__=base, __module__=__name__, __doc__=base.__doc__, **given
+        )
+
+    sink = spec.sink.kind
+    takes = "; ".join(f"{name} ({c.kind}) takes {_connection_fields(c.kind)}" for name, c in spec.connections.items())
+    done = f"The prerequisites you have met, to mark done: {', '.join(p.id for p in spec.prerequisites)}."
+    no_connection = (str, Field(description="This pipeline has no connections: there is nothing to update."))
+    return {
+        PrerequisitesConfig: narrowed(
+            PrerequisitesConfig,
+            done=(list[prerequisites], Field(default=[], description=done)) if prerequisites else None,
+        ),
+        ConfigureConfig: narrowed(
+            ConfigureConfig,
+            values=(
+                dict[str, str],
+                Field(
+                    default={},
+                    description=f"Sink settings to store on top of the project file's; a {sink} sink takes "
+                    f"{', '.join(SINK_FIELDS[sink])}. Empty: keep the project file's.",
+                ),
+            ),
+        ),
+        UpdateConnectionConfig: narrowed(
+            UpdateConnectionConfig,
+            connection=choice(connections, "The connection to update.") if spec.connections else no_connection,
+            values=(
+                dict[str, str],
+                Field(
+                    description=f"Settings to change: {takes or 'none'}. True/false and numbers are parsed; "
+                    f"{SECRETS_HINT}."
+                ),
+            ),
+        ),
+        UpdateWarehouseConfig: narrowed(
+            UpdateWarehouseConfig,
+            warehouse=None
+            if sink == "snowflake"
+            else (str, Field(description=f"This pipeline's sink is {sink}: it has no warehouse to change.")),
+        ),
+        ConnectorConfig: narrowed(ConnectorConfig, connector=choice(connectors, "The connector, as table.connector.")),
+        RestoreConfig: narrowed(
+            RestoreConfig, connector=choice(connectors, "The Paused connector to restore, as table.connector.")
+        ),
+    }
+
+
+def _connection_fields(kind: str) -> str:
+    """What ``update_connection`` takes for a connection kind, in words."""
+    return "librdkafka settings (dotted names)" if kind == "kafka" else ", ".join(CONNECTION_FIELDS[kind])
+
+
+def endpoint(connector: str) -> tuple[str, str]:
+    """``table.connector`` -> ``(table, connector)``."""
+    table, _, name = str(connector).partition(".")
+    return table, name
 
 
 def setting_values(values: Mapping[str, str]) -> dict[str, Any]:
@@ -128,6 +248,7 @@ class Procedure:
     name: str
     description: str
     call: Call
+    #: The generic config class; the op takes its pipeline's version (:func:`pipeline_configs`).
     config: type[dg.Config] | None = None
     #: Whether the op reaches the pipeline's connections (then it takes its ``ConnectorsResource``), or a function
     #: of the pipeline's spec deciding it (the backup job needs them only for an S3 store).
@@ -166,7 +287,7 @@ PROCEDURES: tuple[Procedure, ...] = (
     Procedure(
         "wizard_prerequisites",
         "Wizard step 1: mark prerequisites done and complete the checklist.",
-        lambda lc, c: lc.prerequisites(done=list(c.done), all_done=c.all, complete=c.complete),
+        lambda lc, c: lc.prerequisites(done=[str(d) for d in c.done], all_done=c.all, complete=c.complete),
         PrerequisitesConfig,
     ),
     Procedure(
@@ -210,7 +331,7 @@ PROCEDURES: tuple[Procedure, ...] = (
     Procedure(
         "update_connection",
         "Store new settings of a connection once tested (pipeline PAUSED).",
-        lambda lc, c: lc.update_connection(c.connection, setting_values(c.values)),
+        lambda lc, c: lc.update_connection(str(c.connection), setting_values(c.values)),
         UpdateConnectionConfig,
         needs_connections=True,
     ),
@@ -224,13 +345,13 @@ PROCEDURES: tuple[Procedure, ...] = (
     Procedure(
         "start_connector",
         "Set one connector Running (it ingests while the pipeline is STARTED).",
-        lambda lc, c: lc.start_connector(c.table, c.connector),
+        lambda lc, c: lc.start_connector(*endpoint(c.connector)),
         ConnectorConfig,
     ),
     Procedure(
         "pause_connector",
         "Set one connector Paused.",
-        lambda lc, c: lc.pause_connector(c.table, c.connector),
+        lambda lc, c: lc.pause_connector(*endpoint(c.connector)),
         ConnectorConfig,
     ),
     Procedure(
@@ -245,7 +366,7 @@ PROCEDURES: tuple[Procedure, ...] = (
         "restore",
         "Restore a Paused connector from another pipeline's connector backup onto its own ids (sink mark moved).",
         lambda lc, c: lc.restore(
-            c.table, c.connector, RestoreSource(c.from_pipeline, c.from_connector, c.from_org or None), c.force
+            *endpoint(c.connector), RestoreSource(c.from_pipeline, c.from_connector, c.from_org or None), c.force
         ),
         RestoreConfig,
         needs_connections=True,
@@ -295,6 +416,7 @@ def _build_job(
     project: Project,
     state_dir: str | os.PathLike[str] | None,
     hooks: Mapping[str, Hook] | None,
+    configs: Mapping[type[dg.Config], type[dg.Config]],
 ) -> dg.JobDefinition:
     resource_key = connectors_resource_key(pipeline_name)
     tags = pipeline_tags(pipeline_name, procedure=procedure.name)
@@ -305,7 +427,7 @@ def _build_job(
 
     parameters: dict[str, Any] = {"context": dg.OpExecutionContext}
     if procedure.config is not None:
-        parameters["config"] = procedure.config
+        parameters["config"] = configs.get(procedure.config, procedure.config)
     needs = procedure.needs_connections
     if needs(project.pipeline(pipeline_name)) if callable(needs) else needs:
         parameters[resource_key] = ConnectorsResource
@@ -338,7 +460,9 @@ def build_lifecycle_jobs(
     Procedures: ``wizard_prerequisites``, ``wizard_configure``, ``wizard_connect``, ``wizard_finalize``,
     ``wizard_reset``, ``setup``, ``pause``, ``resume``, ``recover``, ``update_connection``, ``update_warehouse``,
     ``start_connector``, ``pause_connector``, ``backup``, ``restore``. Ops that reach connections take the pipeline's
-    :class:`ConnectorsResource` (key ``{pipeline}__connectors``). ``hooks`` are in-code validators/callbacks,
-    winning over the project file's.
+    :class:`ConnectorsResource` (key ``{pipeline}__connectors``). Each op's config is its pipeline's version of
+    the procedure's config class (:func:`pipeline_configs`). ``hooks`` are in-code validators/callbacks, winning
+    over the project file's.
     """
-    return [_build_job(p, pipeline_name, project, state_dir, hooks) for p in PROCEDURES]
+    configs = pipeline_configs(pipeline_name, project.pipeline(pipeline_name))
+    return [_build_job(p, pipeline_name, project, state_dir, hooks, configs) for p in PROCEDURES]

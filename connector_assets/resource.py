@@ -21,7 +21,12 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field, create_model
 
 from connector_assets.checks import table_check_results
-from connector_assets.metadata import materialization_metadata, table_materialization_metadata, table_metadata
+from connector_assets.metadata import (
+    HourlyObservations,
+    materialization_metadata,
+    table_materialization_metadata,
+    table_metadata,
+)
 from connector_assets.names import BACKUP_CHECK_TAG, BACKUP_WARNING_KEY
 from connector_assets.translator import table_asset_keys
 from connector_core.backups import restore_before_write, run_backup_check
@@ -55,9 +60,12 @@ def connection_field(connection: str) -> str:
 
 
 class ConnectorsResource(dg.ConfigurableResource):
-    """Runs one pipeline of a connectors project file: ingests the tables an asset run selected, and hands the
-    pipeline's connections to lifecycle procedures. Build it with :meth:`for_pipeline`, which nests the
-    pipeline's sink and one ``connection_<name>`` resource per connection."""
+    """Runs one pipeline of a connectors project file: streams its tables into the sink and gives the lifecycle
+    jobs its connections."""
+
+    # Dagster shows the class docstring as the resource's description: the one above is for users; build the
+    # resource with for_pipeline, which names the pipeline in it and nests the pipeline's sink and one
+    # connection_<name> resource per connection.
 
     project_file: str = Field(description="The connectors project file (connectors.yaml), read at run time.")
     pipeline_name: str = Field(description="The pipeline of the project file this resource runs.")
@@ -88,15 +96,20 @@ class ConnectorsResource(dg.ConfigurableResource):
             finally:
                 pipeline.close()
         nested = {connection_field(name): resource for name, resource in resources.connections.items()}
-        resource_cls = cls
-        if nested:  # one typed field per connection: Dagster nests only resources held in fields
-            fields: dict[str, Any] = {
-                connection_field(name): (type(resource), Field(description=f"The connection {name} of the pipeline."))
-                for name, resource in resources.connections.items()
-            }
-            resource_cls = create_model(
-                cls.__name__, __base__=cls, __module__=cls.__module__, __doc__=cls.__doc__, **fields
-            )
+        # One typed field per connection (Dagster nests only resources held in fields), and the description the UI
+        # shows, naming the pipeline and its connections.
+        fields: dict[str, Any] = {
+            connection_field(name): (type(resource), Field(description=f"The connection {name} of the pipeline."))
+            for name, resource in resources.connections.items()
+        }
+        names = ", ".join(resources.connections)
+        description = (
+            f"Runs pipeline {pipeline_name}: streams its tables into its sink (the ingest job) and reaches its sink"
+            f"{f' and connections ({names})' if names else ''} for the lifecycle jobs."
+        )
+        resource_cls = create_model(
+            cls.__name__, __base__=cls, __module__=cls.__module__, __doc__=description, **fields
+        )
         return resource_cls(
             project_file=str(project.source_path),
             pipeline_name=pipeline_name,
@@ -132,8 +145,11 @@ class ConnectorsResource(dg.ConfigurableResource):
         finished, given up; re-read between batches), the run is terminated (the batch being committed is
         finished first) or the pipeline's ``max_run_seconds`` passed; the sensor then requests the next run.
         Every ``PROGRESS_SECONDS`` each table gets an ``AssetObservation`` of its progress; at the end a
-        ``MaterializeResult`` per table that ingested, with ``dagster/row_count``, ``dagster/table_name``,
-        ``dagster/column_schema``, records, bytes, seconds, throughput, errors, per-connector counts and stats.
+        ``MaterializeResult`` per table that ingested (:mod:`connector_assets.metadata`: ``dagster/row_count``,
+        ``dagster/table_name``, ``dagster/column_schema``, records, records/s, parse errors, buffered records,
+        commits, a table of its connectors, their stats). Each completed UTC hour of a selected table's statistics
+        is recorded in the instance as one ``AssetObservation`` (as the run starts, when the hour changes while it
+        streams, and at its end; :class:`connector_assets.metadata.HourlyObservations`).
         A table with no active connector yields an ``AssetObservation`` saying why
         (``connectors/skipped_reason``) and a warning in the run log. Each table's result is followed by its
         selected asset checks (``hourly_volume``, ``parse_error_rate``, ``backup_age``; WARN, never failing the run).
@@ -169,8 +185,11 @@ class ConnectorsResource(dg.ConfigurableResource):
         backup_warning: str | None,
     ) -> Iterator[dg.MaterializeResult | dg.AssetObservation | dg.AssetCheckResult]:
         """The continuous loop over ``selected`` tables, its progress observations and final results, each table's
-        followed by its selected asset checks (:func:`connector_assets.checks.table_check_results`)."""
+        followed by its selected asset checks (:func:`connector_assets.checks.table_check_results`); the selected
+        tables' completed hours are recorded before, during and after it (:meth:`_report_hours`)."""
         warning = {BACKUP_WARNING_KEY: dg.MetadataValue.text(backup_warning)} if backup_warning else {}
+        hours = HourlyObservations(context.instance, pipeline, selected)
+        self._report_hours(context, hours)
         checked = {check.asset_key for check in context.selected_asset_check_keys}
         for table, key in table_asset_keys(context.assets_def, self.pipeline_name).items():
             if key in checked and key not in selected.values():  # the checks were selected without their table
@@ -209,6 +228,7 @@ class ConnectorsResource(dg.ConfigurableResource):
         try:
             for round_ in rounds:
                 totals.add(round_, pipeline)
+                self._report_hours(context, hours)  # nothing to do until the UTC hour changes
                 if time.monotonic() - reported >= PROGRESS_SECONDS:
                     reported = time.monotonic()
                     yield from self._progress(context, totals, selected, active)
@@ -223,6 +243,7 @@ class ConnectorsResource(dg.ConfigurableResource):
         with interrupts.deferred():  # the results are computed whole, then yielded (see _Interrupts)
             if stop.reason == TERMINATED and not interrupts.received:
                 interrupts.await_signal(TERMINATION_SIGNAL_SECONDS)
+            self._report_hours(context, hours)
             for table in active:
                 key = selected[table]
                 if table not in totals.tables():
@@ -265,6 +286,18 @@ class ConnectorsResource(dg.ConfigurableResource):
                     "connectors/commits": dg.MetadataValue.int(totals.commits.get(table, 0)),
                 },
             )
+
+    def _report_hours(self, context: dg.AssetExecutionContext, hours: HourlyObservations) -> None:
+        """Record the completed hours not observed yet (a failure to record is a warning: the run goes on)."""
+        try:
+            for observation in hours.report():
+                context.log.info(
+                    f"{self.pipeline_name}: hour {observation.metadata['connectors/hour'].value} of "
+                    f"{observation.asset_key.to_user_string()} recorded"
+                )
+        except Exception as exc:
+            message = hours.pipeline.redact(f"{type(exc).__name__}: {exc}")
+            context.log.warning(f"{self.pipeline_name}: hourly statistics not recorded: {message}")
 
     def _check_backups(
         self, context: dg.AssetExecutionContext, pipeline: Pipeline, clients: ResourceClients

@@ -4,8 +4,11 @@ With ``DAGSTER_HOME`` set, ``connectors run`` reports an ``AssetMaterialization`
 the asset key the project's translator gives the table (:func:`connector_assets.build_connector_asset_specs`, the
 default ``ConnectorsTranslator``) and with the metadata a Dagster ingest run writes
 (:func:`connector_assets.metadata.table_materialization_metadata`: ``dagster/row_count``, ``dagster/table_name``,
-``dagster/column_schema``, records, bytes, seconds, per-connector counts, stats, commits, why it stopped), plus
-``connectors/source: cli``. A lifecycle procedure that may change something (``setup``, the wizard steps,
+``dagster/column_schema``, records, records/s, parse errors, buffered records, a table of the connectors, stats,
+commits, why it stopped), plus ``connectors/source: cli``; then each completed UTC hour of every table's statistics
+not observed yet becomes an ``AssetObservation`` (:class:`connector_assets.metadata.HourlyObservations`, as in a
+Dagster run), and each ingested table's asset checks are reported as ``AssetCheckEvaluation``s
+(:func:`connector_assets.checks.table_check_evaluations`). A lifecycle procedure that may change something (``setup``, the wizard steps,
 ``pipeline pause|resume|recover|update-*``, ``connector ... start|pause``, ``backup``, ``restore``; not ``status``)
 records an ``AssetObservation`` on each of the pipeline's tables (only the connector's table for a ``connector``
 command) with ``connectors/procedure``, ``connectors/response_code``, ``connectors/message`` and
@@ -114,11 +117,28 @@ def run_materializations(pipeline: Pipeline, session: IngestSession, summary: Ru
 
 
 def record_run(pipeline: Pipeline, session: IngestSession, summary: RunSummary) -> None:
-    """Record what ``connectors run`` ingested (when ``DAGSTER_HOME`` is set); a failure is a warning."""
-    if not recording_enabled() or not summary.totals.tables():
+    """Record what ``connectors run`` ingested (when ``DAGSTER_HOME`` is set): a materialization per table it
+    ingested, then the completed hours not observed yet of every table of the pipeline
+    (:class:`connector_assets.metadata.HourlyObservations`, the rule of a Dagster run) and the evaluation of each
+    ingested table's asset checks; a failure is a warning."""
+    if not recording_enabled():
         return
     try:
-        _report(run_materializations(pipeline, session, summary))
+        import dagster as dg
+
+        from connector_assets.checks import table_check_evaluations
+        from connector_assets.metadata import HourlyObservations
+
+        events = run_materializations(pipeline, session, summary) if summary.totals.tables() else []
+        keys = {table: spec.key for table, spec in _asset_keys(pipeline.project, pipeline.name).items()}
+        for table in sorted(summary.totals.tables()):
+            report = summary.totals.table_report(table, 0)
+            counts = (report.records, sum(batch.parse_errors for batch in report.batches))
+            events += table_check_evaluations(pipeline, session.clients, table, keys[table], counts)
+        with dg.DagsterInstance.get() as instance:
+            for event in events:
+                instance.report_runless_asset_event(event)
+            HourlyObservations(instance, pipeline, keys, {SOURCE_KEY: "cli"}).report()
     except Exception as exc:
         warn(pipeline.redact(f"{type(exc).__name__}: {exc}"))
 

@@ -19,6 +19,7 @@ from connector_cli.docs import docs, schema
 from connector_cli.history import dagster_home
 from connector_cli.pipeline import pipeline_group
 from connector_cli.run import run
+from connector_cli.state import state_group
 from connector_cli.wizard import setup, wizard_group
 from connector_core.project import DEFAULT_PROJECT_FILE, PROJECT_FILE_ENV
 
@@ -44,6 +45,7 @@ def cli(ctx: click.Context, project_file: Path | None, state_dir: Path | None) -
 
 for command in (pipeline_group, connector_group, wizard_group, setup, run, backup, backups, restore, dagster_home):
     cli.add_command(command)
+cli.add_command(state_group)  # connectors state migrate (connector_cli/state.py)
 for command in (schema, docs):  # the generated reference pages (connector_cli/docs.py)
     cli.add_command(command)
 

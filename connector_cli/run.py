@@ -7,8 +7,11 @@ retries it. Connectors stopped on a fatal error before the run are left alone an
 ``earlier_fatal_errors`` without changing the exit code. A pipeline that is not STARTED ingests nothing and answers
 ``INVALID_CONNECTOR_STATUS``. Ctrl-C or SIGTERM stops the run after the batch being committed (a second one
 abandons that batch, which the next run reads again), and the run still answers its summary (exit 0).
-``--resume`` first resumes a PAUSED pipeline (or one stuck STARTING; one stuck PAUSING is recovered to STARTED), so
-the README's demo command runs again after a pause from the UI; a pipeline in ERROR is left to ``recover``.
+``--resume`` first brings a set-up pipeline back to STARTED, whatever status it was left in, so the README's demo
+command runs again: it resumes one PAUSED (or stuck STARTING) and recovers one stuck PAUSING or in ERROR to STARTED
+(``connectors pipeline P recover --to STARTED``). Recovering from ERROR is not silent: the procedure, its answer and
+the cause recorded when the pipeline went to ERROR are printed on stderr, recorded like the command's, and the answer
+names the status it resumed from (``resumed_from``, ``error_cause``); a refused resume or recover is the answer.
 
 On a terminal (stderr is a TTY) progress is one status line rewritten in place (records, records/s, records per
 table); other messages print above it. In a pipe or a file it is plain lines, one per batch that committed
@@ -23,19 +26,20 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
-from typing import TextIO
+from typing import Any, TextIO
 
 import click
 
 from connector_cli import history
 from connector_cli.context import ClientsOnFirstUse, respond
 from connector_core.backups import restore_before_write
+from connector_core.hints import status_way_out
 from connector_core.ingest import IngestSession
 from connector_core.lifecycle import Lifecycle, Response
 from connector_core.orchestration import RunSummary, run_pipeline
 from connector_core.pipeline import Pipeline
 from connector_core.streaming import StopRequest, StreamTotals
-from connector_core.vocabulary import ResponseCode, Status
+from connector_core.vocabulary import ConfigurationStatus, ResponseCode, Status
 
 
 def _progress(line: str) -> None:
@@ -130,16 +134,18 @@ def ingest_until_finished(
 ) -> Response:
     """Run the pipeline headless (at most ``max_seconds``; with ``follow`` continuously, until interrupted) and
     answer its summary; a lost state folder is restored from its backups first (a refused backup answers
-    ``INTERNAL_ERROR`` naming its key). With ``resume``, a PAUSED pipeline (or one stuck STARTING/PAUSING) is
-    resumed first (a refused resume is the answer). The sink's database is opened per batch, so Dagster runs writing the
-    same DuckDB file go on meanwhile (:mod:`connector_core.streaming`). With ``DAGSTER_HOME`` set, what the run
+    ``INTERNAL_ERROR`` naming its key). With ``resume``, a set-up pipeline is brought back to STARTED first
+    (:func:`resume_pipeline`; a refused resume or recover is the answer). The sink's database is opened per batch, so
+    Dagster runs writing the same DuckDB file go on meanwhile (:mod:`connector_core.streaming`). With ``DAGSTER_HOME`` set, what the run
     ingested is recorded in the Dagster instance (:func:`connector_cli.history.record_run`)."""
     clients = ClientsOnFirstUse(pipeline)
     restore_before_write(pipeline, clients)
-    if resume and pipeline.state.status in (Status.PAUSED, Status.STARTING, Status.PAUSING):
+    resumed_from: dict[str, Any] = {}
+    if resume and _resume_procedure(pipeline) is not None:
         resumed = resume_pipeline(pipeline, clients)
         if not resumed.ok:
             return resumed
+        resumed_from = {key: resumed.data[key] for key in ("resumed_from", "error_cause") if key in resumed.data}
     if not pipeline.is_started():
         return Response(
             ResponseCode.INVALID_CONNECTOR_STATUS,
@@ -160,34 +166,74 @@ def ingest_until_finished(
         history.record_run(pipeline, session, summary)
     finally:
         session.close()
-    return summary_response(pipeline, summary)
+    response = summary_response(pipeline, summary)
+    response.data.update(resumed_from)
+    return response
 
 
 def _not_started_hint(pipeline: Pipeline, resume: bool) -> str:
-    """What brings a pipeline that is not STARTED back, for the answer of ``run``."""
+    """The command that brings a pipeline that is not STARTED back, for the answer of ``run`` (a sentence after a
+    space)."""
+    status, name = pipeline.state.status, pipeline.name
+    if not resume and status in (Status.PAUSED, Status.STARTING, Status.PAUSING, Status.ERROR):
+        how = f" (it recovers it: `connectors pipeline {name} recover --to STARTED`)" if status == Status.ERROR else ""
+        return f" `connectors run {name} --resume` brings it back to STARTED first{how}."
+    prerequisites_open = (
+        status == Status.CONFIGURING
+        and pipeline.state.configuration_status == ConfigurationStatus.INSTALLED
+        and any(not item["done"] for item in pipeline.state.prerequisites())
+    )
+    way_out = status_way_out(name, status, [Status.STARTED], prerequisites_open)
+    return f" {way_out}" if way_out else f" `connectors pipeline {name} status` shows it."
+
+
+def _resume_procedure(pipeline: Pipeline) -> tuple[str, Callable[[Lifecycle], Response]] | None:
+    """The procedure ``run --resume`` runs first (``None``: none): ``resume`` when PAUSED or stuck STARTING,
+    ``recover --to STARTED`` when stuck PAUSING or in ERROR after the wizard finished (an ERROR before that is
+    not this command's to leave: ``setup`` names the way)."""
     status = pipeline.state.status
-    if status == Status.ERROR:
-        return f" `connectors pipeline {pipeline.name} recover --to STARTED` leaves ERROR."
-    if status == Status.PAUSED and not resume:
-        return f" `connectors run {pipeline.name} --resume` resumes it first."
-    if status == Status.CONFIGURING:
-        return f" `connectors setup {pipeline.name}` sets it up."
-    return ""
+    if status in (Status.PAUSED, Status.STARTING):
+        return "resume", lambda lifecycle: lifecycle.resume()
+    finalized = pipeline.state.configuration_status == ConfigurationStatus.FINALIZED
+    if status == Status.PAUSING or (status == Status.ERROR and finalized):
+        return "recover", lambda lifecycle: lifecycle.recover(Status.STARTED)
+    return None
+
+
+def _error_cause(pipeline: Pipeline) -> str | None:
+    """What put the pipeline in ERROR, from its newest event that did (``None`` when no event did)."""
+    for event in pipeline.state.events(100):
+        if event.get("to_status") == Status.ERROR:
+            return f"{event.get('procedure')}: {event.get('response_code')}: {event.get('message')}"
+    return None
 
 
 def resume_pipeline(pipeline: Pipeline, clients: ClientsOnFirstUse) -> Response:
-    """``run --resume``: resume a PAUSED pipeline (or one stuck STARTING); recover one stuck PAUSING to STARTED.
-    The procedure is printed on stderr and recorded like the command's (:mod:`connector_cli.history`)."""
-    lifecycle = Lifecycle(pipeline, clients)
-    if pipeline.state.status == Status.PAUSING:
-        procedure, response = ["pipeline", "recover"], lifecycle.recover(Status.STARTED)
-    else:
-        procedure, response = ["pipeline", "resume"], lifecycle.resume()
-    response = response.redacted(pipeline.redact)
-    _progress(f"{' '.join(procedure[1:])}: {response.response_code}: {response.message}")
+    """``run --resume``: resume a PAUSED pipeline (or one stuck STARTING); recover one stuck PAUSING, or in ERROR
+    once set up, to STARTED. The procedure is printed on stderr, with the recorded cause of an ERROR it leaves, and
+    recorded like the command's (:mod:`connector_cli.history`); an OK answer names the status it left
+    (``resumed_from``) and the ERROR's cause (``error_cause``)."""
+    chosen = _resume_procedure(pipeline)
+    if chosen is None:
+        return Response(ResponseCode.OK, "nothing to resume")
+    name, call = chosen
+    status = pipeline.state.status
+    error_cause = _error_cause(pipeline) if status == Status.ERROR else None
+    response = call(Lifecycle(pipeline, clients)).redacted(pipeline.redact)
+    left = f" (it was {status}" + (f" after {error_cause}" if error_cause else "") + ")"
+    _progress(f"{name}: {response.response_code}: {response.message}{left if response.ok else ''}")
     history.record_procedure(
-        pipeline.project, pipeline.name, procedure, ["run", pipeline.name, "--resume"], response, redact=pipeline.redact
+        pipeline.project,
+        pipeline.name,
+        ["pipeline", name],
+        ["run", pipeline.name, "--resume"],
+        response,
+        redact=pipeline.redact,
     )
+    if response.ok:
+        response.data["resumed_from"] = status
+        if error_cause:
+            response.data["error_cause"] = pipeline.redact(error_cause)
     return response
 
 
@@ -224,7 +270,13 @@ def summary_response(pipeline: Pipeline, summary: RunSummary) -> Response:
     help="Ingest continuously, never-ending connectors too (Kafka, followed files, endless datagen), until "
     "Ctrl-C/SIGTERM, a pause or --max-seconds.",
 )
-@click.option("--resume", is_flag=True, help="First resume the pipeline when it is PAUSED (or stuck STARTING/PAUSING).")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="First bring a set-up pipeline back to STARTED: resume it when PAUSED (or stuck STARTING), recover it "
+    "to STARTED (as `connectors pipeline P recover --to STARTED`) when stuck PAUSING or in ERROR, printing what "
+    "put it in ERROR.",
+)
 def run(pipeline_name: str, max_seconds: float | None, follow: bool, resume: bool) -> None:
     """Ingest headless until every connector that can finish has finished, or with --follow continuously
     (progress on stderr: a status line on a terminal; the summary JSON on stdout)."""

@@ -40,7 +40,7 @@ The sink's mark stays the truth: positions in an old backup are caught up from i
 is ingested twice.
 
 :func:`restore_connector` restores a connector from another pipeline's/connector's backup (another org too): the
-ids it keeps are rewritten to the current ones in one transaction (:meth:`ConnectorState.rewrite_ids`), the sink's
+ids it keeps are rewritten to the current ones in one transaction (:meth:`SQLiteConnectorState.rewrite_ids`), the sink's
 mark is moved to the new id by the caller's ``move_mark`` (a sink transaction), and the database is swapped in;
 the connector stays Paused.
 """
@@ -67,8 +67,8 @@ from typing import Any, Protocol
 from connector_core.clients import ConnectionClients
 from connector_core.pipeline import ConnectorHandle, Pipeline
 from connector_core.state import (
-    ConnectorState,
-    PipelineState,
+    SQLiteConnectorState,
+    SQLitePipelineState,
     StateError,
     integrity_problems,
     replace_database,
@@ -401,7 +401,8 @@ def _error_code(exc: Exception) -> str:
 
 def default_backup_directory(pipeline: Pipeline) -> Path:
     """``.connectors-backups`` beside the state folder."""
-    return pipeline.store.state_dir.parent / DEFAULT_BACKUP_FOLDER
+    state_dir = getattr(pipeline.store, "state_dir", None) or pipeline.project.resolve_state_dir()
+    return state_dir.parent / DEFAULT_BACKUP_FOLDER
 
 
 def open_store(pipeline: Pipeline, clients: ConnectionClients | None = None) -> BackupStore:
@@ -546,6 +547,7 @@ class BackupReport(_Report):
 
     databases: list[DatabaseBackup] = field(default_factory=list)
     checked_at: str = ""
+    note: str = ""  #: set when the pipeline's state is not in files (PostgreSQL): why nothing is backed up
 
     @property
     def uploaded(self) -> list[str]:
@@ -559,7 +561,9 @@ class BackupReport(_Report):
 
     @property
     def message(self) -> str:
-        """One line: what was uploaded, what failed."""
+        """One line: what was uploaded, what failed (or why there is nothing to back up)."""
+        if self.note:
+            return self.note
         text = f"backups of {self.pipeline} to {self.store}: {len(self.uploaded)} uploaded"
         text += f", {len(self.databases) - len(self.uploaded)} left alone"
         return text + (f"; FAILED: {'; '.join(self.errors)}" if self.errors else "")
@@ -629,6 +633,9 @@ def check_backups(
     now = _utc(now)
     max_age = pipeline.spec.backup.max_age_hours
     report = BackupReport(pipeline.name, store.description, checked_at=now.isoformat(timespec="seconds"))
+    if not backs_up_files(pipeline):
+        report.note = database_backups_note(pipeline)
+        return report
     pipeline_id = pipeline.pipeline_id if pipeline.state.open_if_created() else None
     if pipeline_id is None:
         report.databases.append(
@@ -694,7 +701,11 @@ def run_backup_check(
     in a Dagster run, the schedule's job, ``connectors backup``): the pipeline's store (:func:`open_store`) and
     :func:`check_backups`. Never raises: a store that cannot be opened is reported like one that cannot be
     reached. With ``record``, a check that uploaded or failed leaves an event ``backup`` in the pipeline database
-    (one that did nothing writes nothing). The caller decides whether ``not report.ok`` fails it."""
+    (one that did nothing writes nothing). The caller decides whether ``not report.ok`` fails it. A pipeline whose
+    state is in PostgreSQL gets a report that says why there is nothing to back up (no store is opened)."""
+    if not backs_up_files(pipeline):
+        checked_at = _utc(now).isoformat(timespec="seconds")
+        return BackupReport(pipeline.name, "(none)", checked_at=checked_at, note=database_backups_note(pipeline))
     try:
         store = open_store(pipeline, clients)
     except Exception as exc:
@@ -724,12 +735,29 @@ def run_restore_missing(pipeline: Pipeline, clients: ConnectionClients | None = 
     return restore_missing(pipeline, store)
 
 
+def backs_up_files(pipeline: Pipeline) -> bool:
+    """Whether the pipeline's state lives in SQLite files, which the 24-hour rule backs up (PostgreSQL state is
+    backed up by the database's own means)."""
+    return pipeline.store.kind == "sqlite"
+
+
+def database_backups_note(pipeline: Pipeline) -> str:
+    """What ``connectors backup`` and the schedule answer for a pipeline whose state is in PostgreSQL."""
+    return (
+        f"pipeline {pipeline.name} keeps its state in PostgreSQL ({pipeline.state.location}): the 24-hour rule backs "
+        "up SQLite state files only; back the database up with its own means (pg_dump, base backups with WAL "
+        "archiving, your provider's snapshots). Nothing to do here."
+    )
+
+
 def restore_before_write(pipeline: Pipeline, clients: ConnectionClients | None = None) -> RestoreReport | None:
     """The automatic restore of DESIGN §6, called before a procedure or a run reads the state it will change: when
     a state database of the pipeline is missing locally, :func:`run_restore_missing`; ``None`` when nothing is
     missing (no request reaches the store). A backup that exists but is refused (corrupt, unreadable, wrong ids) or
     a store that cannot be asked raises :class:`RestoreError` naming the key: nothing is created in its place, so
     the next attempt can still restore it."""
+    if not backs_up_files(pipeline):
+        return None  # the database keeps PostgreSQL state: nothing is restored from file backups
     handles = pipeline.connectors()
     missing = not pipeline.state.path.exists() or any(
         h.connector_id is None or not pipeline.store.connector_path(pipeline.name, h.connector_id).exists()
@@ -866,7 +894,7 @@ def _restore_one(
         assert found.meta is not None
         source = {"backup_key": found.key, "snapshot_time": found.meta.snapshot_time.isoformat()}
         if expected["kind"] == "pipeline":
-            pipeline_state = PipelineState(scratch, create=False)
+            pipeline_state = SQLitePipelineState(scratch, create=False)
             try:
                 with pipeline_state.transaction() as conn:
                     status = pipeline_state.get("status")
@@ -874,7 +902,7 @@ def _restore_one(
             finally:
                 pipeline_state.close()
         else:
-            connector_state = ConnectorState(scratch, create=False)
+            connector_state = SQLiteConnectorState(scratch, create=False)
             try:
                 connector_state.record_event("restored", message)
             finally:
@@ -986,7 +1014,7 @@ def restore_connector(
     another org's, default the pipeline's), ``connectors restore P T C --from-pipeline ID --from-connector ID``.
 
     The connector must be Paused and stays Paused. Its backup is fetched and verified, every id it keeps is
-    rewritten to the current ones in one transaction and checked (:meth:`ConnectorState.rewrite_ids`), then
+    rewritten to the current ones in one transaction and checked (:meth:`SQLiteConnectorState.rewrite_ids`), then
     ``move_mark(from_connector_id, connector_id, force)`` moves the sink's mark in one sink transaction (it refuses,
     raising, when the target already has a mark of its own and ``force`` is false; with ``force`` the target's own
     mark is replaced by the old one, if the old id has one), and last the database is swapped in (linked into place,
@@ -1017,7 +1045,7 @@ def restore_connector(
                 "nothing there; refused"
             )
         message = f"{_describe(found, store)}; moved from pipeline {from_pipeline_id} connector {from_connector_id}"
-        state = ConnectorState(scratch, create=False)
+        state = SQLiteConnectorState(scratch, create=False)
         try:
             state.rewrite_ids(pipeline_id, connector_id, current, message)
         finally:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from connector_core.backups import BackupStore, list_backups
+from connector_core.backups import BackupStore, backs_up_files, database_backups_note, list_backups
 from connector_core.pipeline import Pipeline
 
 #: Completed hours before the last one that form the trailing window.
@@ -122,6 +122,8 @@ def backup_age(pipeline: Pipeline, store: BackupStore, table: str, at: dt.dateti
     fails with the reason when the store cannot be listed."""
     max_age = pipeline.spec.backup.max_age_hours
     meta: dict[str, Any] = {"max_age_hours": max_age}
+    if not backs_up_files(pipeline):
+        return CheckOutcome(True, meta | {"note": database_backups_note(pipeline)})
     try:
         listed = list_backups(pipeline, store, now=at or now())
     except Exception as exc:  # an unreachable store is a failed check, never a failed run

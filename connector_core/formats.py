@@ -2,8 +2,8 @@
 
 The format owns every rule about its bytes:
 
-- its typed config (:class:`JsonFormatConfig`, :class:`CsvFormatConfig`, :class:`ParquetFormatConfig`; unknown
-  keys are refused naming the allowed ones), inside :class:`Format`, the project file's ``format: {name, config}``;
+- its typed config (:class:`JsonFormatConfig`, :class:`CsvFormatConfig`, :class:`ParquetFormatConfig`; an unknown
+  key is refused at its key path naming the nearest allowed one, as everywhere in the project file), inside :class:`Format`, the project file's ``format: {name, config}``;
 - its :class:`Framing`, which the byte transports ask how they may cut the input (at newlines, whole objects, a
   header line handed on, a JSON array found by its first byte: :func:`starts_json_array`);
 - :func:`json_route`, the one decision whether a sink's own JSON reader reads a batch.
@@ -38,7 +38,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from json.scanner import make_scanner
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, Self, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -50,12 +50,17 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     SerializerFunctionWrapHandler,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
 )
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
+
+from connector_core.hints import unknown_key_message
 
 #: Longest reason kept per bad record.
 MAX_REASON_CHARS = 300
@@ -108,24 +113,38 @@ JSON_READERS: tuple[str, ...] = get_args(JsonReaderName)
 
 
 class FormatConfig(BaseModel):
-    """Base of the per-format config models: an unknown key is refused with the keys the format allows."""
+    """Base of the per-format config models: an unknown key is refused naming the nearest key the format allows."""
 
     model_config = ConfigDict(extra="forbid")
 
     #: The format's name in the project file.
     format_name: ClassVar[str]
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = sorted(str(key) for key in set(data) - set(cls.model_fields))
-            if unknown:
-                raise ValueError(
-                    f"unknown {cls.format_name} format config key(s) {', '.join(unknown)}; "
-                    f"allowed: {', '.join(sorted(cls.model_fields)) or 'none'}"
+    def _known_keys(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        """Each unknown key is refused at its own key path, naming the nearest allowed key (else all of them), in
+        the project file's words (:func:`~connector_core.hints.unknown_key_message`); other errors pass as they
+        are."""
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            if not any(error["type"] == "extra_forbidden" for error in exc.errors()):
+                raise
+            allowed = list(cls.model_fields)
+            details = [
+                InitErrorDetails(
+                    type=PydanticCustomError(
+                        "unknown_key", "{message}", {"message": unknown_key_message(str(error["loc"][-1]), allowed)}
+                    ),
+                    loc=error["loc"],
+                    input=error["input"],
                 )
-        return data
+                if error["type"] == "extra_forbidden"
+                else InitErrorDetails(type=error["type"], loc=error["loc"], input=error["input"], **_ctx(error))
+                for error in exc.errors()
+            ]
+            raise ValidationError.from_exception_data(exc.title, details) from None
 
     @model_serializer(mode="wrap")
     def _as_written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -192,6 +211,11 @@ class ParquetFormatConfig(FormatConfig):
     def framing(self) -> Framing:
         """Whole objects only."""
         return Framing(whole_object=True)
+
+
+def _ctx(error: ErrorDetails) -> dict[str, Any]:
+    """The ``ctx`` argument that rebuilds ``error`` (none when it has no context)."""
+    return {"ctx": error["ctx"]} if "ctx" in error else {}
 
 
 #: Format name -> its config model.

@@ -7,6 +7,7 @@ carry the same names: ``confirm_prerequisites`` is ``--confirm-prerequisites``).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 
 from connector_core.vocabulary import ConfigurationStatus, ResponseCode, Status
@@ -60,7 +61,9 @@ def configuration_way_out(pipeline: str, current: str | None, wanted: Sequence[s
     """What to run when the wizard is at ``current`` and a step needs one of ``wanted``: the next wizard step, or
     ``reset`` to go back (a sentence; "" when nothing leads there)."""
     if current == ConfigurationStatus.FINALIZED:
-        return "The wizard has finished (FINALIZED); nothing to redo."
+        return (
+            f"The wizard has finished (FINALIZED); nothing to redo (`connectors pipeline {pipeline} status` shows it)."
+        )
     step = _NEXT_WIZARD_STEP.get(current)  # type: ignore[call-overload]
     if step is None:
         return ""
@@ -68,6 +71,16 @@ def configuration_way_out(pipeline: str, current: str | None, wanted: Sequence[s
     if wanted and all(order.index(ConfigurationStatus(w)) < order.index(ConfigurationStatus(current)) for w in wanted):
         return f"Run `connectors wizard {pipeline} reset` to start the wizard again."
     return f"Run `connectors wizard {pipeline} {step}` next (or `{setup_command(pipeline)}` for every step)."
+
+
+def unknown_key_message(key: str, allowed: Sequence[str] | None) -> str:
+    """The refusal of an unknown ``key`` of the project file: the nearest of the ``allowed`` keys when one is close
+    (``unknown key 'delimter'; did you mean 'delimiter'?``), else the allowed keys (``None``: not known)."""
+    close = difflib.get_close_matches(key, list(allowed or ()), n=1, cutoff=0.6)
+    if close:
+        return f"unknown key {key!r}; did you mean {close[0]!r}?"
+    known = "" if allowed is None else f" (allowed: {', '.join(allowed) or 'none'})"
+    return f"unknown key {key!r}; remove it or check its spelling{known}"
 
 
 def with_way_out(message: str, way_out: str) -> str:
@@ -108,7 +121,8 @@ RESPONSE_CODE_FIXES: dict[ResponseCode, tuple[str, str]] = {
     ),
     ResponseCode.UNKNOWN_ERROR_CODE: (
         "A callback failed and putting the status back failed too: the pipeline is in ERROR.",
-        "`connectors pipeline P recover --to STARTED|PAUSED`.",
+        "`connectors pipeline P recover --to STARTED|PAUSED`; `connectors run P --resume` recovers it to STARTED "
+        "(printing the cause recorded) and ingests.",
     ),
     ResponseCode.INVALID_NEW_CONNECTOR_STATUS: (
         "`recover --to` names a status other than STARTED or PAUSED.",

@@ -3,15 +3,37 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from connector_core.hints import connector_start_command, status_way_out, with_way_out
-from connector_core.project import ConnectorSpec, PipelineSpec, Project, connector_labels
+from connector_core.project import ConnectorSpec, PipelineSpec, PostgresStateSpec, Project, connector_labels
 from connector_core.secrets import Redactor, mask_secrets, resolved_secrets
-from connector_core.state import ConnectorSnapshot, ConnectorState, PipelineState, StateError, StateStore
+from connector_core.state import (
+    ConnectorSnapshot,
+    ConnectorState,
+    PipelineState,
+    SQLiteStateStore,
+    StateError,
+    StateStore,
+)
 from connector_core.vocabulary import RunState, Status
+
+
+def open_store(
+    project: Project, name: str, state_dir: str | os.PathLike[str] | None, redact: Callable[[str], str]
+) -> StateStore:
+    """The state backend of pipeline ``name``: its ``state`` key (SQLite files under the state folder by default;
+    a PostgreSQL schema reached through one of its postgres connections)."""
+    spec = project.pipeline(name).state
+    if isinstance(spec, PostgresStateSpec):
+        from connector_core.state_postgres import PostgresStateStore
+
+        connection = project.pipeline(name).connections[spec.connection]
+        return PostgresStateStore(connection.dsn.resolve(), spec.db_schema, redact=redact)  # type: ignore[union-attr]
+    return SQLiteStateStore(project.resolve_state_dir(state_dir), redact=redact)
 
 
 @dataclass
@@ -64,7 +86,7 @@ class Pipeline:
         self.name = name
         self.spec: PipelineSpec = project.pipeline(name)
         self._redactor: Redactor | None = None
-        self.store = StateStore(project.resolve_state_dir(state_dir), redact=self.redact)
+        self.store: StateStore = open_store(project, name, state_dir, redact=self.redact)
         prerequisites = [(p.id, p.title, p.url) for p in self.spec.prerequisites]
         self.read_only = read_only
         self.state: PipelineState = self.store.pipeline(
@@ -73,13 +95,18 @@ class Pipeline:
         self._created = False
         self._connectors: dict[tuple[str, str], ConnectorHandle] = {}
         ids = self.state.connector_ids()
-        for table, spec in self.spec.iter_connectors():
-            connector_id = ids.get((table, spec.name))
-            state: ConnectorState | ConnectorSnapshot
-            if read_only:
-                state = self.store.connector_snapshot(name, connector_id, spec.starts_paused)
-            else:
-                state = self.store.connector(name, connector_id, create=False, starts_paused=spec.starts_paused)
+        declared = {
+            (table, spec.name): (ids.get((table, spec.name)), spec) for table, spec in self.spec.iter_connectors()
+        }
+        snapshots = (
+            self.store.connector_snapshots(name, {key: (i, spec.starts_paused) for key, (i, spec) in declared.items()})
+            if read_only
+            else {}
+        )
+        for (table, _), (connector_id, spec) in declared.items():
+            state: ConnectorState | ConnectorSnapshot = snapshots.get((table, spec.name)) or self.store.connector(
+                name, connector_id, create=False, starts_paused=spec.starts_paused
+            )
             self._connectors[(table, spec.name)] = ConnectorHandle(table, spec, connector_id, state)
 
     def ensure_created(self) -> None:
@@ -242,3 +269,4 @@ class Pipeline:
         for handle in self._connectors.values():
             handle.state.close()
         self.state.close()
+        self.store.close()

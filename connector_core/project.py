@@ -235,6 +235,30 @@ class Backup(Strict):
     )
 
 
+class SQLiteStateSpec(Strict):
+    """State in SQLite files under the project's ``state_dir`` (the default; backed up under the 24-hour rule)."""
+
+    kind: Literal["sqlite"] = Field(description="sqlite: files under state_dir.")
+
+
+class PostgresStateSpec(Strict):
+    """State in tables of one PostgreSQL schema, shared by every process and machine that reaches the database (a
+    production deployment: see docs/production.md). Backups are the database's own (``connectors backup`` says so).
+    """
+
+    kind: Literal["postgres"] = Field(description="postgres: tables in a PostgreSQL schema.")
+    connection: str = Field(description="Name of the pipeline's postgres connection (its dsn reaches the database).")
+    db_schema: str = Field(
+        default="connectors",
+        alias="schema",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="The schema of the state tables (created on the first write); one per project.",
+    )
+
+
+StateSpec = Annotated[SQLiteStateSpec | PostgresStateSpec, Field(discriminator="kind")]
+
+
 class Transport(Strict):
     """The transport of a connector: its name and its config (validated by the transport's own model)."""
 
@@ -585,6 +609,10 @@ class PipelineSpec(Strict):
     )
     prerequisites: list[Prerequisite] = Field(default_factory=list, description="The wizard's checklist.")
     backup: Backup = Field(default_factory=Backup, description="Where state databases are backed up.")
+    state: StateSpec = Field(
+        default_factory=lambda: SQLiteStateSpec(kind="sqlite"),
+        description="Where the pipeline's lifecycle and connector state live: sqlite (default) or postgres.",
+    )
     hooks: Hooks = Field(default_factory=Hooks, description="Replaceable validators and callbacks of the procedures.")
     commit_interval: float = Field(
         default=1.0,
@@ -807,7 +835,7 @@ def _parse_project(data: Any, path: Path | str, text: str | None) -> Project:
     project.source_path = Path(path) if path != "<memory>" else None
     problems = [problem for name, pipeline in project.pipelines.items() for problem in _graph_problems(name, pipeline)]
     problems += _with_lines(_path_problems(project) + _processor_problems(project), text)
-    problems += _with_lines(_channel_problems(project), text)
+    problems += _with_lines(_channel_problems(project) + _state_problems(project), text)
     if problems:
         raise ProjectFileError(path, problems)
     return project
@@ -854,6 +882,25 @@ def _channel_problems(project: Project) -> list[tuple[KeyPath, str]]:
             problems.append((at, why))
         elif connection.kind != "kafka":
             why = f"connection {sink.connection!r} is a {connection.kind} connection; a kafka sink needs a kafka one"
+            problems.append((at, why))
+    return problems
+
+
+def _state_problems(project: Project) -> list[tuple[KeyPath, str]]:
+    """A postgres state naming a connection that is missing or not a postgres one: (key path, why and the fix)."""
+    problems: list[tuple[KeyPath, str]] = []
+    for name, pipeline in project.pipelines.items():
+        if not isinstance(pipeline.state, PostgresStateSpec):
+            continue
+        at: KeyPath = ("pipelines", name, "state", "connection")
+        connection = pipeline.connections.get(pipeline.state.connection)
+        if connection is None:
+            known = ", ".join(pipeline.connections) or "none"
+            problems.append(
+                (at, f"no connection {pipeline.state.connection!r} (connections: {known}); add it with kind: postgres")
+            )
+        elif connection.kind != "postgres":
+            why = f"connection {pipeline.state.connection!r} is a {connection.kind} connection; state needs a postgres one"
             problems.append((at, why))
     return problems
 

@@ -1,4 +1,15 @@
-"""SQLite state databases: one per pipeline, one per connector (DESIGN §6).
+"""The state of pipelines and connectors (DESIGN §6): one interface, two backends.
+
+Every state access of the product goes through the interface here: :class:`StateStore` finds the state of a
+pipeline (:class:`PipelineState`) and of its connectors (:class:`ConnectorState`), and reads every connector of a
+pipeline at once for a sensor tick (:class:`ConnectorSnapshot`). Backends:
+
+* SQLite (this module, the default): files under ``state_dir``, described below; backed up by
+  :mod:`connector_core.backups` under the 24-hour rule.
+* PostgreSQL (:mod:`connector_core.state_postgres`): the same logical tables in one schema, shared by every
+  process that reaches the database (``state: {kind: postgres, ...}`` of a pipeline).
+
+SQLite files:
 
 * ``{state_dir}/{pipeline}/pipeline.sqlite``: ``app_state`` (ids, status, configurationStatus, scheduling),
   ``app_config`` (configuration stored by the wizard and updates), ``prerequisites``, ``connectors`` (the id of
@@ -23,6 +34,7 @@ import sqlite3
 import time
 import urllib.parse
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -97,6 +109,311 @@ CONNECTOR_MIGRATIONS: Sequence[str] = (
 )
 
 
+# --------------------------------------------------------------------------------------------- the interface
+#: What a write transaction hands to the ``store`` callbacks of procedures and to the state's write helpers: a
+#: connection of the backend, only ever passed back to the same state object's methods.
+Transaction = Any
+
+
+class StateObject(ABC):
+    """What the state of a pipeline and of a connector have in common, whatever stores it: existence (an absent
+    state answers the initial state; the first write creates it), write transactions and privileges."""
+
+    redact: Callable[[str], str]  #: applied to every message before it is stored (no secret lands in the state)
+
+    @property
+    @abstractmethod
+    def exists(self) -> bool:
+        """Whether the state exists (it existed when opened, or a write created it)."""
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the state lives, for messages (a file path, or a PostgreSQL schema and pipeline or connector)."""
+
+    @abstractmethod
+    def create(self) -> None:
+        """Create the state (nothing when it exists)."""
+
+    @abstractmethod
+    def open_if_created(self) -> bool:
+        """Whether the state exists now (another process may have created it since this object was made)."""
+
+    @abstractmethod
+    def transaction(self) -> contextlib.AbstractContextManager[Transaction]:
+        """A write transaction: committed on success, rolled back on any exception."""
+
+    @abstractmethod
+    def writable(self) -> bool:
+        """Whether this process may write the state (the privileges phase of every procedure)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release what the object holds."""
+
+
+class PipelineState(StateObject):
+    """The state of one pipeline, whatever stores it: ids, lifecycle status, stored configuration, prerequisites,
+    events and the id of every connector (DESIGN §6).
+
+    Until the pipeline's state exists its readers answer the initial state (CONFIGURING, INSTALLED, scheduling off,
+    every prerequisite open); the first :meth:`transaction` (or :meth:`create`) creates it. Writes happen inside
+    :meth:`transaction` (a status and its event commit together, two writers never interleave); the helpers that
+    take a ``conn`` write inside the transaction it came from. Backends: :class:`SQLitePipelineState` (a file) and
+    :class:`connector_core.state_postgres.PostgresPipelineState` (rows of shared tables).
+    """
+
+    #: The first values of ``app_state`` (also what an absent state answers).
+    INITIAL = {
+        "status": Status.CONFIGURING,
+        "configuration_status": ConfigurationStatus.INSTALLED,
+        "scheduling": "off",
+    }
+    declared_prerequisites: list[tuple[str, str, str | None]]
+    read_only: bool
+
+    @abstractmethod
+    def initialize(self, prerequisites: Sequence[tuple[str, str, str | None]] | None = None) -> None:
+        """Create the identity and first status once; add new prerequisites (id, title, url), keep old ones."""
+
+    @abstractmethod
+    def get(self, key: str) -> str | None:
+        """One value of ``app_state`` (the initial value while the state does not exist)."""
+
+    @abstractmethod
+    def put(self, conn: Transaction, key: str, value: str) -> None:
+        """Set one value of ``app_state`` inside a transaction."""
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """The stored configuration, key -> JSON value."""
+
+    @abstractmethod
+    def put_config(self, conn: Transaction, values: dict[str, Any]) -> None:
+        """Store configuration values inside a transaction."""
+
+    @abstractmethod
+    def clear_config(self, conn: Transaction) -> None:
+        """Forget every stored configuration value inside a transaction (the wizard's reset)."""
+
+    @abstractmethod
+    def prerequisites(self) -> list[dict[str, Any]]:
+        """Every prerequisite with its done flag (the declared ones, all open, while nothing is stored)."""
+
+    @abstractmethod
+    def mark_prerequisites_done(self, conn: Transaction, ids: Sequence[str]) -> None:
+        """Mark prerequisites done inside a transaction (the first time is kept as ``done_at``)."""
+
+    @abstractmethod
+    def reset_prerequisites(self, conn: Transaction) -> None:
+        """Mark every prerequisite open again inside a transaction."""
+
+    @abstractmethod
+    def add_event(
+        self,
+        conn: Transaction,
+        procedure: str,
+        from_status: str | None,
+        to_status: str | None,
+        response_code: str,
+        message: str = "",
+        source: dict[str, Any] | None = None,
+    ) -> None:
+        """Record one lifecycle event inside the transaction that made the change (its message redacted)."""
+
+    @abstractmethod
+    def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest events first."""
+
+    @abstractmethod
+    def last_event_id(self) -> int:
+        """The id of the newest event (0 when there is none): it changes with every procedure (a pause, a resume,
+        a connector started), so a run key that includes it is new after each of them."""
+
+    @abstractmethod
+    def connector_ids(self) -> dict[tuple[str, str], str]:
+        """The id of every connector that has one, by ``(table, connector)`` (one query)."""
+
+    @abstractmethod
+    def connector_id(self, table: str, connector: str) -> str | None:
+        """The id of ``table.connector`` (``None`` until a write gave it one)."""
+
+    @abstractmethod
+    def ensure_connector_id(self, table: str, connector: str) -> str:
+        """The id of ``table.connector``, generated once and kept."""
+
+    @abstractmethod
+    def procedure_lock(self, timeout_seconds: float = 60) -> contextlib.AbstractContextManager[None]:
+        """Serialize lifecycle procedures of this pipeline across processes (released if the process dies)."""
+
+    @property
+    def pipeline_id(self) -> str | None:
+        """The pipeline (hub) id, a UUID generated when the state is created (``None`` before)."""
+        return self.get("pipeline_id")
+
+    @property
+    def status(self) -> Status | None:
+        """The lifecycle status (CONFIGURING, STARTING, STARTED, PAUSING, PAUSED, ERROR); ``None``: no record."""
+        value = self.get("status")
+        return Status(value) if value is not None else None
+
+    @property
+    def configuration_status(self) -> ConfigurationStatus | None:
+        """The wizard's progress (INSTALLED ... FINALIZED); ``None``: no record."""
+        value = self.get("configuration_status")
+        return ConfigurationStatus(value) if value is not None else None
+
+    @property
+    def scheduling_enabled(self) -> bool:
+        """Whether the orchestration sensor may launch runs for this pipeline."""
+        return self.get("scheduling") == "on"
+
+    def merge_config(self, conn: Transaction, key: str, values: dict[str, Any]) -> None:
+        """Overlay ``values`` on the stored mapping under ``key`` inside a transaction."""
+        self.put_config(conn, {key: {**self.config().get(key, {}), **values}})
+
+
+class ConnectorState(StateObject):
+    """The state of one connector, whatever stores it: identity, runtime state, position, metrics, hourly stats,
+    parse errors and events (DESIGN §4, §6).
+
+    Until it exists (the connector has no id yet, or nothing was written) its readers answer the initial state:
+    ``starts_paused`` decides Paused or Running, every counter is zero. Backends: :class:`SQLiteConnectorState` and
+    :class:`connector_core.state_postgres.PostgresConnectorState`.
+    """
+
+    starts_paused: bool
+
+    @abstractmethod
+    def initialize(
+        self,
+        connector_id: str,
+        pipeline_id: str,
+        name: str,
+        transport: str,
+        metadata: dict[str, Any],
+        tags: Sequence[str],
+        starts_paused: bool,
+    ) -> None:
+        """Write the identity row and first runtime state once; refresh name, type, metadata and tags when they
+        changed (nothing is written when they did not)."""
+
+    @abstractmethod
+    def identity(self) -> dict[str, Any]:
+        """The identity row (ids, name, type, metadata, tags)."""
+
+    @abstractmethod
+    def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest events first."""
+
+    @abstractmethod
+    def record_event(self, kind: str, message: str) -> None:
+        """Record one event (its ``source``: the identity row) in a transaction of its own."""
+
+    @abstractmethod
+    def runtime(self, key: str) -> str | None:
+        """One runtime value (``state``, ``start_after_released``)."""
+
+    @abstractmethod
+    def set_running(self, running: bool, reason: str, released_by_start_after: bool = False) -> bool:
+        """Set ``Running``/``Paused``; returns whether it changed (the call is idempotent)."""
+
+    @abstractmethod
+    def position(self) -> tuple[Any, int]:
+        """The stored source position (JSON) and batch sequence number."""
+
+    @abstractmethod
+    def reads(self) -> int:
+        """How many reads the connector made, including those that found nothing new."""
+
+    @abstractmethod
+    def metrics(self) -> ConnectorMetrics:
+        """The current counters."""
+
+    @abstractmethod
+    def parse_errors(self) -> list[dict[str, Any]]:
+        """The last parse errors kept (oldest first)."""
+
+    @abstractmethod
+    def hourly_stats(self) -> list[dict[str, Any]]:
+        """Records, bytes and errors per UTC hour, oldest first."""
+
+    @abstractmethod
+    def commit_batch(self, batch: BatchCommit) -> None:
+        """Store one batch's position, counters, parse errors and hourly stats in one transaction."""
+
+    @abstractmethod
+    def record_transport_error(self, message: str, fatal: bool = False) -> None:
+        """Count a transport error that did not stop the read (and keep it as the fatal error with ``fatal``)."""
+
+    @abstractmethod
+    def record_failed_read(self, message: str, fatal_after: int) -> str | None:
+        """Count a failed read; the ``fatal_after``-th failure in a row becomes the fatal error (returned)."""
+
+    @abstractmethod
+    def clear_fatal_error(self) -> None:
+        """Forget the fatal error and the failures before it, so that a restarted connector tries again."""
+
+    @abstractmethod
+    def update_progress(self, buffered_records: int, end_of_input: bool) -> None:
+        """Refresh ``buffered_records`` and ``end_of_input`` when a read found nothing new."""
+
+    @property
+    def run_state(self) -> RunState:
+        """The connector's own state (before the state exists: Paused when it starts paused)."""
+        stored = self.runtime("state")
+        if stored is not None:
+            return RunState(stored)
+        return RunState.PAUSED if self.starts_paused else RunState.RUNNING
+
+    @property
+    def running(self) -> bool:
+        """Whether the connector's own state is ``Running``."""
+        return self.run_state is RunState.RUNNING
+
+    @property
+    def start_after_released(self) -> bool:
+        """Whether ``start_after`` already started this connector once (it is never auto-started again)."""
+        return self.runtime("start_after_released") == "true"
+
+
+class StateStore(ABC):
+    """Finds the state of a project's pipelines and connectors in one backend; every state it opens redacts its
+    messages with ``redact`` before storing them. :class:`SQLiteStateStore` (files under ``state_dir``, the
+    default) and :class:`connector_core.state_postgres.PostgresStateStore` (tables in a PostgreSQL schema)."""
+
+    #: ``sqlite`` or ``postgres``.
+    kind: str
+    redact: Callable[[str], str]
+
+    @abstractmethod
+    def pipeline(
+        self,
+        pipeline: str,
+        create: bool = True,
+        prerequisites: Sequence[tuple[str, str, str | None]] = (),
+        read_only: bool = False,
+    ) -> PipelineState:
+        """The pipeline's state (created when needed, unless ``create`` is false; ``read_only``: never written)."""
+
+    @abstractmethod
+    def connector(
+        self, pipeline: str, connector_id: str | None, create: bool = True, starts_paused: bool = False
+    ) -> ConnectorState:
+        """A connector's state (created when needed, unless ``create`` is false or it has no id yet)."""
+
+    @abstractmethod
+    def connector_snapshots(
+        self, pipeline: str, connectors: dict[tuple[str, str], tuple[str | None, bool]]
+    ) -> dict[tuple[str, str], ConnectorSnapshot]:
+        """Every connector's state read once, read-only, by ``(table, connector)`` from ``(id, starts_paused)``
+        (:class:`ConnectorSnapshot`; the initial state without an id or stored state)."""
+
+    def close(self) -> None:  # noqa: B027 - a store holding nothing has nothing to release
+        """Release what the store holds (connections)."""
+
+
+# ---------------------------------------------------------------------------------------------- SQLite
 class StateDB:
     """One SQLite database with WAL, a busy timeout, migrations and ``BEGIN IMMEDIATE`` transactions.
 
@@ -131,6 +448,11 @@ class StateDB:
     def exists(self) -> bool:
         """Whether the database file is open (it existed, or a write created it)."""
         return self._conn is not None
+
+    @property
+    def location(self) -> str:
+        """The database file."""
+        return str(self.path)
 
     def create(self) -> None:
         """Create the database file (schema included) when it does not exist yet; open it."""
@@ -197,18 +519,28 @@ class StateDB:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``): committed on success, rolled back on any exception.
+        """A write transaction (``BEGIN IMMEDIATE``): committed on success, rolled back on any exception (a
+        :class:`sqlite3.Error` comes out as a :class:`StateError`).
 
         The first transaction of an absent database creates its file.
         """
         conn = self._connection
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot write {self.path}: {exc}") from exc
         try:
             yield conn
-        except BaseException:
+        except BaseException as exc:
             conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StateError(f"cannot write {self.path}: {exc}") from exc
             raise
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise StateError(f"cannot write {self.path}: {exc}") from exc
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Rows of a read-only statement (none while the database does not exist)."""
@@ -244,19 +576,12 @@ class StateDB:
 
 
 # ---------------------------------------------------------------------------------------------- pipelines
-class PipelineState(StateDB):
-    """The pipeline database: ids, lifecycle status, stored configuration, prerequisites, events.
+class SQLitePipelineState(StateDB, PipelineState):
+    """The pipeline database (SQLite): ids, lifecycle status, stored configuration, prerequisites, events.
 
     ``prerequisites`` are the checklist of the project file (id, title, url); until the database exists its
     readers answer the initial state: CONFIGURING, INSTALLED, scheduling off, every prerequisite open.
     """
-
-    #: The first values of ``app_state`` (also what an absent database answers).
-    INITIAL = {
-        "status": Status.CONFIGURING,
-        "configuration_status": ConfigurationStatus.INSTALLED,
-        "scheduling": "off",
-    }
 
     def __init__(
         self,
@@ -308,51 +633,22 @@ class PipelineState(StateDB):
         rows = self.query("SELECT value FROM app_state WHERE key = ?", (key,))
         return rows[0]["value"] if rows else None
 
-    @staticmethod
-    def put(conn: sqlite3.Connection, key: str, value: str) -> None:
+    def put(self, conn: sqlite3.Connection, key: str, value: str) -> None:
         """Set one value of ``app_state`` inside a transaction."""
         conn.execute("INSERT OR REPLACE INTO app_state VALUES (?, ?)", (key, str(value)))
-
-    @property
-    def pipeline_id(self) -> str | None:
-        """The pipeline (hub) id, a UUID generated when the database is created (``None`` before)."""
-        return self.get("pipeline_id")
-
-    @property
-    def status(self) -> Status | None:
-        """The lifecycle status (CONFIGURING, STARTING, STARTED, PAUSING, PAUSED, ERROR); ``None``: no record."""
-        value = self.get("status")
-        return Status(value) if value is not None else None
-
-    @property
-    def configuration_status(self) -> ConfigurationStatus | None:
-        """The wizard's progress (INSTALLED ... FINALIZED); ``None``: no record."""
-        value = self.get("configuration_status")
-        return ConfigurationStatus(value) if value is not None else None
-
-    @property
-    def scheduling_enabled(self) -> bool:
-        """Whether the orchestration sensor may launch runs for this pipeline."""
-        return self.get("scheduling") == "on"
 
     # -- app_config
     def config(self) -> dict[str, Any]:
         """The stored configuration, key -> JSON value."""
         return {row["key"]: json.loads(row["value"]) for row in self.query("SELECT key, value FROM app_config")}
 
-    @staticmethod
-    def put_config(conn: sqlite3.Connection, values: dict[str, Any]) -> None:
+    def put_config(self, conn: sqlite3.Connection, values: dict[str, Any]) -> None:
         """Store configuration values inside a transaction."""
         conn.executemany(
             "INSERT OR REPLACE INTO app_config VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()]
         )
 
-    def merge_config(self, conn: sqlite3.Connection, key: str, values: dict[str, Any]) -> None:
-        """Overlay ``values`` on the stored mapping under ``key`` inside a transaction."""
-        self.put_config(conn, {key: {**self.config().get(key, {}), **values}})
-
-    @staticmethod
-    def clear_config(conn: sqlite3.Connection) -> None:
+    def clear_config(self, conn: sqlite3.Connection) -> None:
         """Forget every stored configuration value inside a transaction (the wizard's reset)."""
         conn.execute("DELETE FROM app_config")
 
@@ -367,16 +663,14 @@ class PipelineState(StateDB):
             ]
         return [dict(row) | {"done": bool(row["done"])} for row in rows]
 
-    @staticmethod
-    def mark_prerequisites_done(conn: sqlite3.Connection, ids: Sequence[str]) -> None:
+    def mark_prerequisites_done(self, conn: sqlite3.Connection, ids: Sequence[str]) -> None:
         """Mark prerequisites done inside a transaction (the first time is kept as ``done_at``)."""
         conn.executemany(
             "UPDATE prerequisites SET done = 1, done_at = COALESCE(done_at, ?) WHERE id = ?",
             [(utc_now(), i) for i in ids],
         )
 
-    @staticmethod
-    def reset_prerequisites(conn: sqlite3.Connection) -> None:
+    def reset_prerequisites(self, conn: sqlite3.Connection) -> None:
         """Mark every prerequisite open again inside a transaction."""
         conn.execute("UPDATE prerequisites SET done = 0, done_at = NULL")
 
@@ -509,8 +803,8 @@ class BatchCommit:
     fatal_error: str | None = None
 
 
-class ConnectorState(StateDB):
-    """The database of one connector: identity, runtime state, position, metrics, hourly stats, events.
+class SQLiteConnectorState(StateDB, ConnectorState):
+    """The SQLite database of one connector: identity, runtime state, position, metrics, hourly stats, events.
 
     Until the database exists (``path`` is ``None`` while the connector has no id) its readers answer the
     initial state: ``starts_paused`` decides Paused or Running, every counter is zero.
@@ -631,19 +925,6 @@ class ConnectorState(StateDB):
         rows = self.query("SELECT value FROM runtime WHERE key = ?", (key,))
         return rows[0]["value"] if rows else None
 
-    @property
-    def run_state(self) -> RunState:
-        """The connector's own state (before the database exists: Paused when it starts paused)."""
-        stored = self.runtime("state")
-        if stored is not None:
-            return RunState(stored)
-        return RunState.PAUSED if self.starts_paused else RunState.RUNNING
-
-    @property
-    def running(self) -> bool:
-        """Whether the connector's own state is ``Running``."""
-        return self.run_state is RunState.RUNNING
-
     def set_running(self, running: bool, reason: str, released_by_start_after: bool = False) -> bool:
         """Set ``Running``/``Paused``; returns whether it changed (the call is idempotent)."""
         new_state = str(RunState.RUNNING if running else RunState.PAUSED)
@@ -656,11 +937,6 @@ class ConnectorState(StateDB):
             conn.execute("INSERT OR REPLACE INTO runtime VALUES ('state', ?)", (new_state,))
             self._event(conn, new_state.lower(), reason)
             return True
-
-    @property
-    def start_after_released(self) -> bool:
-        """Whether ``start_after`` already started this connector once (it is never auto-started again)."""
-        return self.runtime("start_after_released") == "true"
 
     def position(self) -> tuple[Any, int]:
         """The stored source position (JSON) and batch sequence number."""
@@ -878,7 +1154,7 @@ class ConnectorSnapshot:
     @classmethod
     def _through_state(cls, path: Path, starts_paused: bool) -> ConnectorSnapshot:
         """The snapshot of a database of an older schema, read as :class:`ConnectorState` reads it."""
-        state = ConnectorState(path, create=False, starts_paused=starts_paused)
+        state = SQLiteConnectorState(path, create=False, starts_paused=starts_paused)
         try:
             raw = state.query("SELECT position, batch_seq FROM offsets WHERE id = 1")
             return cls(
@@ -927,9 +1203,11 @@ class ConnectorSnapshot:
 
 
 # ------------------------------------------------------------------------------------------------- store
-class StateStore:
-    """Finds the state databases of a project under one ``state_dir``; every database it opens redacts its
+class SQLiteStateStore(StateStore):
+    """Finds the SQLite state databases of a project under one ``state_dir``; every database it opens redacts its
     messages with ``redact`` before storing them."""
+
+    kind = "sqlite"
 
     def __init__(self, state_dir: Path | str, redact: Callable[[str], str] = str):
         self.state_dir = Path(state_dir)
@@ -942,6 +1220,12 @@ class StateStore:
     def connector_path(self, pipeline: str, connector_id: str) -> Path:
         """``{state_dir}/{pipeline}/connector/{connector_id}/sqlite.db``."""
         return self.state_dir / pipeline / "connector" / connector_id / "sqlite.db"
+
+    def connector_snapshots(
+        self, pipeline: str, connectors: dict[tuple[str, str], tuple[str | None, bool]]
+    ) -> dict[tuple[str, str], ConnectorSnapshot]:
+        """Every connector database read once, read-only, one file after the other."""
+        return {key: self.connector_snapshot(pipeline, *entry) for key, entry in connectors.items()}
 
     def connector_snapshot(self, pipeline: str, connector_id: str | None, starts_paused: bool) -> ConnectorSnapshot:
         """A connector database read once, read-only (:class:`ConnectorSnapshot`; the initial state without an id
@@ -956,10 +1240,10 @@ class StateStore:
         create: bool = True,
         prerequisites: Sequence[tuple[str, str, str | None]] = (),
         read_only: bool = False,
-    ) -> PipelineState:
+    ) -> SQLitePipelineState:
         """The pipeline database (created when needed, unless ``create`` is false; with ``read_only``, opened
         read-only when it exists and never created)."""
-        return PipelineState(
+        return SQLitePipelineState(
             self.pipeline_path(pipeline),
             read_only=read_only,
             create=create and not read_only,
@@ -969,10 +1253,10 @@ class StateStore:
 
     def connector(
         self, pipeline: str, connector_id: str | None, create: bool = True, starts_paused: bool = False
-    ) -> ConnectorState:
+    ) -> SQLiteConnectorState:
         """A connector database (created when needed, unless ``create`` is false or it has no id yet)."""
         path = self.connector_path(pipeline, connector_id) if connector_id else None
-        return ConnectorState(path, create=create, starts_paused=starts_paused, redact=self.redact)
+        return SQLiteConnectorState(path, create=create, starts_paused=starts_paused, redact=self.redact)
 
 
 # ------------------------------------------------------------------------------------------------ backups

@@ -2,12 +2,16 @@
 
 Connections of the project file become resources keyed ``{pipeline}__{connection}``; the sink becomes
 ``{pipeline}__sink`` (names: ``connector_assets.names``). Secrets written as ``{env: NAME}`` become
-``dagster.EnvVar(NAME)``, read when the resource is initialized, for every connection kind.
+``dagster.EnvVar(NAME)``, read when the resource is initialized, for every connection kind. Dagster shows a
+resource's class docstring as its description, so each class bound here has a short one written for users
+(the S3, Snowflake and DuckDB ones are subclasses of dagster-aws', dagster-snowflake's and dagster-duckdb's
+resources that only change it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -22,6 +26,7 @@ from connector_core.pipeline import Pipeline
 from connector_core.secrets import is_env_reference
 
 __all__ = [
+    "DuckDBSinkResource",
     "KafkaResource",
     "PipelineResources",
     "PostgresResource",
@@ -30,6 +35,8 @@ __all__ = [
     "build_pipeline_resources",
     "connection_resource",
     "initialize",
+    "s3_resource_class",
+    "snowflake_resource_class",
 ]
 
 
@@ -39,7 +46,7 @@ def _secret(value: Any) -> Any:
 
 
 class KafkaResource(dg.ConfigurableResource):
-    """A Kafka cluster reached with confluent-kafka (librdkafka settings)."""
+    """A Kafka connection of the project file: the cluster its Kafka connectors read (or its Kafka sink writes)."""
 
     config: dict[str, str] = Field(description="librdkafka settings without secrets, e.g. bootstrap.servers.")
     secrets: dict[str, str] = Field(
@@ -60,7 +67,7 @@ class KafkaResource(dg.ConfigurableResource):
 
 
 class PostgresResource(dg.ConfigurableResource):
-    """A PostgreSQL database reached with psycopg 3."""
+    """A PostgreSQL connection of the project file: the database its postgres connectors read."""
 
     dsn: str = Field(description="libpq connection string or URL (a secret: give it as EnvVar).")
     connect_timeout_seconds: int = Field(default=5, description="Seconds to wait for a connection.")
@@ -92,17 +99,44 @@ def connection_resource(settings: dict[str, Any]) -> dg.ConfigurableResource:
     if kind == "postgres":
         return PostgresResource(dsn=_secret(settings["dsn"]))
     if kind == "s3":
-        from dagster_aws.s3 import S3Resource  # imported when a pipeline has an S3 connection (it is slow to load)
-
-        return S3Resource(**{k: _secret(v) for k, v in settings.items()})
+        return s3_resource_class()(**{k: _secret(v) for k, v in settings.items()})
     if kind == "snowflake":
         extra = {k: settings.pop(k) for k in ("host", "port", "protocol", "session_parameters") if k in settings}
-        from dagster_snowflake import SnowflakeResource  # imported when a pipeline has a Snowflake connection
-
-        return SnowflakeResource(
+        return snowflake_resource_class()(
             **{k: _secret(v) for k, v in settings.items()}, additional_snowflake_connection_args=extra or None
         )
     raise ValueError(f"unknown connection kind {kind!r}")
+
+
+@functools.cache
+def s3_resource_class() -> type[dg.ConfigurableResource]:
+    """dagster-aws' ``S3Resource`` described for users (imported when first needed: it is slow to load)."""
+    from dagster_aws.s3 import S3Resource
+
+    class S3ConnectionResource(S3Resource):
+        """An S3 connection of the project file: the buckets its s3_input connectors read or its backups go to."""
+
+    return S3ConnectionResource
+
+
+@functools.cache
+def snowflake_resource_class() -> type[dg.ConfigurableResource]:
+    """dagster-snowflake's ``SnowflakeResource`` described for users (imported when first needed)."""
+    from dagster_snowflake import SnowflakeResource
+
+    class SnowflakeConnectionResource(SnowflakeResource):
+        """A Snowflake connection of the project file: the account its Snowflake sink loads the tables into."""
+
+    return SnowflakeConnectionResource
+
+
+class DuckDBSinkResource(DuckDBResource):
+    """The pipeline's sink: the DuckDB database file its tables are loaded into."""
+
+    def get_connection(self) -> Any:  # noqa: D102 - DuckDBResource's, with the file's folder created first
+        if self.database not in ("", ":memory:") and not self.database.startswith("md:"):
+            Path(self.database).parent.mkdir(parents=True, exist_ok=True)
+        return super().get_connection()
 
 
 @dataclass(frozen=True)
@@ -121,7 +155,7 @@ def build_pipeline_resources(pipeline: Pipeline) -> PipelineResources:
         return PipelineResources(connections, None)
     path = Path(sink["path"])
     return PipelineResources(
-        connections, DuckDBResource(database=str(path if path.is_absolute() else pipeline.base_dir / path))
+        connections, DuckDBSinkResource(database=str(path if path.is_absolute() else pipeline.base_dir / path))
     )
 
 

@@ -5,6 +5,14 @@ finished, and requests one run per table whose active connectors still have data
 derived from the connectors' stored positions (``connector_core.orchestration.work_key``), so the same work is
 never launched twice, across ticks and daemon restarts alike. The cursor records the positions seen.
 
+One run per table at a time: where the instance's run queue limits the run tag ``connectors/table`` to one run in
+progress per value (``concurrency: runs: tag_concurrency_limits`` in ``dagster.yaml``, as ``deploy/dagster.yaml``
+sets it), the sensor relies on the queue: it requests a run for a table even while one is in progress (the queue
+holds it until the first ends), and skips only a table that already has a run waiting in the queue, so at most one
+waits per table (the run key changes with every read a running run makes: without that check each tick would
+queue one more run). Without that limit it skips every table that a queued or running run is materializing
+(:func:`_busy_tables`).
+
 A tick reads every state database once, read-only, in one query each (``open_for_tick``); it writes only to
 release a ``start_after`` connector. Its cost grows linearly with the connectors (``benchmarks/sensor.py``).
 """
@@ -23,7 +31,7 @@ from connector_core.orchestration import open_for_tick, tables_with_work, work_k
 from connector_core.project import Project
 from connector_core.vocabulary import Status
 
-__all__ = ["build_orchestration_sensor"]
+__all__ = ["build_orchestration_sensor", "queue_limits_one_run_per_table"]
 
 #: Runs in these states still hold a table's work: no second run is requested for that table meanwhile.
 UNFINISHED_RUN_STATUSES = [
@@ -35,21 +43,45 @@ UNFINISHED_RUN_STATUSES = [
 ]
 
 
+def queue_limits_one_run_per_table(instance: dg.DagsterInstance) -> bool:
+    """Whether the instance's run queue lets at most one run per value of ``connectors/table`` be in progress.
+
+    True for a tag concurrency limit on that key with ``limit`` 1 (or 0) applied per unique value, or to the key
+    whatever its value (one table run at a time overall). A limit on one given value covers one table only: False.
+    """
+    run_queue = instance.get_concurrency_config().run_queue_config
+    if run_queue is None:  # no queued run coordinator: runs start as soon as they are submitted
+        return False
+    return any(
+        limit.get("key") == TABLE_TAG
+        and limit.get("limit", 1) <= 1
+        and (limit.get("value") is None or limit.get("value") == {"applyLimitPerUniqueValue": True})
+        for limit in run_queue.tag_concurrency_limits
+    )
+
+
 def _busy_tables(
     context: dg.SensorEvaluationContext,
     pipeline_name: str,
     asset_keys: Mapping[str, dg.AssetKey],
     job_name: str,
 ) -> set[str]:
-    """Tables of this pipeline that a queued or running run is materializing (empty without an instance).
+    """Tables of this pipeline that get no run request this tick (empty without an instance).
 
-    A run requested by this sensor names its table in a tag; any other run (a materialization launched from
-    the UI, the whole ``{pipeline}__ingest`` job) counts for the tables in its asset selection.
+    Where the run queue allows one run per table (:func:`queue_limits_one_run_per_table`): the tables with a run of
+    this sensor's already waiting in the queue. Otherwise the tables that a queued or running run is materializing:
+    a run requested by this sensor names its table in a tag; any other run (a materialization launched from the UI,
+    the whole ``{pipeline}__ingest`` job) counts for the tables in its asset selection.
     """
     try:
         instance = context.instance
     except dg.DagsterInvariantViolationError:  # a test context built without an instance
         return set()
+    if queue_limits_one_run_per_table(instance):
+        waiting = instance.get_runs(
+            filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED], tags={PIPELINE_TAG: pipeline_name})
+        )
+        return {run.tags[TABLE_TAG] for run in waiting if TABLE_TAG in run.tags}
     table_of = {key: table for table, key in asset_keys.items()}
     busy: set[str] = set()
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED_RUN_STATUSES)):
@@ -115,7 +147,7 @@ def build_orchestration_sensor(
             ]
             if not requests:
                 return dg.SkipReason(
-                    f"pipeline {pipeline_name}: runs already in progress for {', '.join(sorted(work))}"
+                    f"pipeline {pipeline_name}: runs already in progress or queued for {', '.join(sorted(work))}"
                 )
             positions = {h.endpoint: h.state.position()[1] for h in pipeline.connectors()}
             return dg.SensorResult(run_requests=requests, cursor=json.dumps({"batch_seq": positions}, sort_keys=True))

@@ -183,8 +183,12 @@ class DuckDBClients:
 
 
 def open_pipeline(tmp_path: Path, tables: dict[str, Any], status: str = "STARTED") -> Pipeline:
-    """Pipeline ``p`` with ``tables``, its state in ``tmp_path/state``, in ``status``."""
-    project = parse_project({"pipelines": {"p": {"tables": tables}}}, path=tmp_path / "connectors.yaml")
+    """Pipeline ``p`` with ``tables``, its state in ``tmp_path/state`` (or PostgreSQL, in the PostgreSQL turn of
+    ``state_backend``), in ``status``."""
+    from fixtures_services import with_state_backend  # imported late: pytest loads it as a plugin first
+
+    data = with_state_backend({"pipelines": {"p": {"tables": tables}}})
+    project = parse_project(data, path=tmp_path / "connectors.yaml")
     pipeline = Pipeline(project, "p", state_dir=tmp_path / "state")
     with pipeline.state.transaction() as conn:
         pipeline.state.put(conn, "status", status)

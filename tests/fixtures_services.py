@@ -27,11 +27,11 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -211,25 +211,65 @@ def fakesnow_server() -> Iterator[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------------------------- PostgreSQL
 POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+T = TypeVar("T")
+
+
+@contextmanager
+def fresh_database(prefix: str) -> Iterator[dict[str, Any]]:
+    """A fresh, empty database ``{prefix}_<hex>`` on the local PostgreSQL server (``TEST_POSTGRES_ADMIN_DSN``, else
+    the machine's): yields its libpq parameters; dropped ``WITH (FORCE)`` afterwards."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    admin_dsn = os.environ.get("TEST_POSTGRES_ADMIN_DSN", POSTGRES_ADMIN_DSN)
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield conninfo_to_dict(admin_dsn) | {"dbname": name}
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def libpq_dsn(params: dict[str, Any]) -> str:
+    """A libpq connection string of ``params`` (what a project file's ``dsn`` takes)."""
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(**params)
+
+
+def dagster_storage_url(params: dict[str, Any]) -> str:
+    """The ``postgres_url`` of Dagster's storage in the database of ``params``, with the psycopg2 driver:
+    SQLAlchemy 2.1 maps ``postgresql://`` to psycopg 3, with which dagster-postgres' ``NOTIFY`` fails every run."""
+    from sqlalchemy.engine import URL
+
+    url = URL.create(
+        "postgresql+psycopg2",
+        username=str(params.get("user", "postgres")),
+        password=str(params["password"]) if params.get("password") else None,
+        host=str(params.get("host", "127.0.0.1")),
+        port=int(params.get("port", 5432)),
+        database=str(params["dbname"]),
+    )
+    return url.render_as_string(hide_password=False)
 
 
 @pytest.fixture
 def postgres_dsn() -> Iterator[str]:
     """DSN of a fresh, empty database on the local PostgreSQL server; dropped after the test."""
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    with fresh_database("test") as params:
+        yield libpq_dsn(params)
 
-    admin_dsn = os.environ.get("TEST_POSTGRES_ADMIN_DSN", POSTGRES_ADMIN_DSN)
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    params = conninfo_to_dict(admin_dsn)
-    params["dbname"] = name
-    try:
-        yield make_conninfo(**params)
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+def wait_for(check: Callable[[], T], seconds: float, what: str) -> T:
+    """Poll ``check`` until it returns something truthy, and return that; fail naming ``what`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds:g} s waiting for {what}")
+        time.sleep(0.05)  # the polling interval
+    return value
 
 
 # ---------------------------------------------------------------------------------------------------- HTTP
@@ -338,3 +378,49 @@ def http_server(tmp_path: Path) -> Iterator[HttpTestServer]:
         yield server
     finally:
         server.stop()
+
+
+# ----------------------------------------------------------------------------------------- state backends
+#: Set by ``state_backend`` for its PostgreSQL run: where the state lives (read by ``with_state_backend``).
+STATE_DSN_ENV = "CONNECTORS_TEST_STATE_DSN"
+STATE_SCHEMA_ENV = "CONNECTORS_TEST_STATE_SCHEMA"
+
+
+@pytest.fixture(scope="session")
+def state_database() -> Iterator[str]:
+    """DSN of a database of this test session for PostgreSQL state (each test gets a schema of its own)."""
+    with fresh_database("connectors_state") as params:
+        yield libpq_dsn(params)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def state_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Runs a test once per state backend: ``sqlite`` (files, the default) and ``postgres`` (a fresh schema of the
+    session's state database, dropped afterwards). Project files made through ``with_state_backend`` (and the
+    ``project_file`` fixture) get the backend; so do subprocesses, through the environment."""
+    if request.param == "sqlite":
+        monkeypatch.delenv(STATE_DSN_ENV, raising=False)
+        monkeypatch.delenv(STATE_SCHEMA_ENV, raising=False)
+        yield "sqlite"
+        return
+    import psycopg
+
+    dsn = request.getfixturevalue("state_database")
+    schema = f"state_{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv(STATE_DSN_ENV, dsn)
+    monkeypatch.setenv(STATE_SCHEMA_ENV, schema)
+    yield "postgres"
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def with_state_backend(data: dict[str, Any]) -> dict[str, Any]:
+    """The project data with every pipeline's state in PostgreSQL when ``state_backend`` runs its PostgreSQL
+    turn (a connection ``state_db`` and ``state: {kind: postgres, ...}`` added); unchanged otherwise."""
+    schema = os.environ.get(STATE_SCHEMA_ENV)
+    if not schema:
+        return data
+    for pipeline in data["pipelines"].values():
+        pipeline.setdefault("connections", {})["state_db"] = {"kind": "postgres", "dsn": {"env": STATE_DSN_ENV}}
+        pipeline["state"] = {"kind": "postgres", "connection": "state_db", "schema": schema}
+    return data

@@ -171,7 +171,7 @@ def test_definitions_hold_the_schedule_and_loading_them_backs_nothing_up(tmp_pat
     assert schedule.job_name == "demo__backup" and schedule.cron_schedule == "0 * * * *"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     restore_fields = set(RestoreConfig.model_fields)
-    assert restore_fields == {"table", "connector", "from_pipeline", "from_connector", "from_org", "force"}
+    assert restore_fields == {"connector", "from_pipeline", "from_connector", "from_org", "force"}
     assert BackupConfig().force is False
     assert (
         not (tmp_path / "project" / DEFAULT_BACKUP_FOLDER).exists()
@@ -263,8 +263,7 @@ def test_the_restore_job_moves_a_connector_onto_this_pipelines_ids(
     defs = build_definitions(new_file)
     assert run_job(defs, instance, "setup", SetupConfig(confirm_prerequisites=True)).success
     config = RestoreConfig(
-        table="numbers",
-        connector="running",
+        connector="numbers.running",
         from_pipeline=old_ids["pipeline"],
         from_connector=old_ids["numbers.running"],
         from_org="legacy",
@@ -273,7 +272,7 @@ def test_the_restore_job_moves_a_connector_onto_this_pipelines_ids(
     description, metadata = failure_metadata(run_job(defs, instance, "restore", config))
     assert "pause it first" in description and metadata["response"].value["key"] == key  # still Running
 
-    assert run_job(defs, instance, "pause_connector", ConnectorConfig(table="numbers", connector="running")).success
+    assert run_job(defs, instance, "pause_connector", ConnectorConfig(connector="numbers.running")).success
     restored = output_metadata(run_job(defs, instance, "restore", config))["response"].value
     new_ids = ids_of(new_file)
     assert (
@@ -282,9 +281,9 @@ def test_the_restore_job_moves_a_connector_onto_this_pipelines_ids(
     )
     assert sink_marks(new_file) == {new_ids["numbers.running"]: (3, 5)}
 
-    unknown = RestoreConfig(table="numbers", connector="nope", from_pipeline="x", from_connector="y")
-    description, _ = failure_metadata(run_job(defs, instance, "restore", unknown))
-    assert description.startswith("CONNECTOR_STATUS_NOT_FOUND")
+    unknown = RestoreConfig(connector="numbers.nope", from_pipeline="x", from_connector="y")
+    with pytest.raises(dg.DagsterInvalidConfigError, match="not in enum type demo_Connector"):  # before any run
+        run_job(defs, instance, "restore", unknown)
 
 
 # ------------------------------------------------------------------------------------------- command line

@@ -334,9 +334,9 @@ def test_a_failed_upload_is_reported_and_leaves_nothing(tmp_path: Path) -> None:
 WRITER = r"""
 import sys
 from pathlib import Path
-from connector_core.state import ConnectorState
+from connector_core.state import SQLiteConnectorState
 
-state = ConnectorState(Path(sys.argv[1]))
+state = SQLiteConnectorState(Path(sys.argv[1]))
 state.record_transport_error("e1 " + "x" * 3000)
 print("ready", flush=True)
 number = 1

@@ -375,6 +375,82 @@ def test_update_connection_takes_env_references_and_status_needs_no_secret(
     assert warehouse["response_code"] == "CONNECTOR_CONFIGURATION_PARSING_ERROR"
 
 
+# ------------------------------------------------------------------------------ the demo command, run again
+def leave_in(app: Cli, status: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leave the demo pipeline in ``status`` as users do: the wizard stopped halfway (CONFIGURING), set up (STARTED),
+    paused (PAUSED), a resume or pause that died midway (STARTING, PAUSING), or a pause whose callback failed and
+    whose rollback failed too (ERROR, as in ``test_lifecycle``)."""
+    if status == "CONFIGURING":
+        app("wizard", "demo", "prerequisites", "--all", "--complete")
+        app("wizard", "demo", "configure")
+        return
+    app("setup", "demo", "--confirm-prerequisites")
+    if status in ("PAUSED", "STARTING"):
+        app("pipeline", "demo", "pause")
+    if status in ("STARTING", "PAUSING"):
+        app.force("demo", status)
+    if status == "ERROR":
+        opened = Pipeline(load_project(app.project), "demo")
+        try:
+            rollback = {"response_code": "ROLLBACK_CODE", "message": "consumers busy"}
+            life = Lifecycle(opened, hooks={"pause_callback": lambda context: rollback})
+
+            def broken(*args: Any) -> None:
+                raise OSError("disk full")
+
+            monkeypatch.setattr(life, "_put_status_back", broken)
+            assert life.pause().response_code == "UNKNOWN_ERROR_CODE"
+        finally:
+            opened.close()
+    assert app.statuses()[0] == status
+
+
+@pytest.mark.parametrize("status", ["CONFIGURING", "STARTING", "STARTED", "PAUSING", "PAUSED", "ERROR"])
+def test_the_demo_command_runs_again_whatever_the_status(
+    demo: Cli, status: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README: `connectors setup P --confirm-prerequisites && connectors run P --resume` answers OK from every
+    status, ingests, and leaves the pipeline STARTED; what it left (and why it was in ERROR) is said, not hidden."""
+    leave_in(demo, status, monkeypatch)
+    assert demo.json("setup", "demo", "--confirm-prerequisites")["response_code"] == "OK"
+    ran = demo("run", "demo", "--resume")
+    summary = json.loads(ran.stdout)
+    assert summary["response_code"] == "OK" and summary["records"] == 5
+    assert demo.statuses() == ("STARTED", "FINALIZED")
+    if status in ("CONFIGURING", "STARTED"):
+        assert "resumed_from" not in summary
+    else:
+        assert summary["resumed_from"] == status
+        procedure = "resume" if status in ("PAUSED", "STARTING") else "recover"
+        assert f"{procedure}: OK: " in ran.stderr and f"(it was {status}" in ran.stderr
+    if status == "ERROR":
+        assert "consumers busy" in summary["error_cause"] and "disk full" in summary["error_cause"]
+        assert "(it was ERROR after pause: UNKNOWN_ERROR_CODE: consumers busy; putting the status" in ran.stderr
+    again = demo.json("run", "demo", "--resume")  # and once more: nothing left to ingest, still OK
+    assert (again["response_code"], again["records"]) == ("OK", 0)
+
+
+@pytest.mark.parametrize("status", ["PAUSED", "ERROR"])
+def test_setup_and_run_without_resume_name_the_way_back(started: Cli, status: str) -> None:
+    started.force("demo", status)
+    setup = started.json("setup", "demo")
+    assert setup["response_code"] == "OK" and f"already set up (it is {status})" in setup["message"]
+    assert "`connectors pipeline demo " in setup["message"]
+    refused = started.json("run", "demo", code=1)
+    assert refused["response_code"] == "INVALID_CONNECTOR_STATUS"
+    assert "`connectors run demo --resume` brings it back to STARTED first" in refused["message"]
+
+
+def test_run_resume_leaves_an_error_before_setup_to_setup(demo: Cli) -> None:
+    """An ERROR the wizard never finished is not recovered to STARTED (it has no sink tables): refused, naming
+    recover."""
+    demo.force("demo", "ERROR")
+    refused = demo.json("run", "demo", "--resume", code=1)
+    assert refused["response_code"] == "INVALID_CONNECTOR_STATUS"
+    assert "`connectors pipeline demo recover --to STARTED|PAUSED` to leave ERROR" in refused["message"]
+    assert demo.statuses() == ("ERROR", "INSTALLED")
+
+
 # ----------------------------------------------------------------------------------------------- connector
 def test_connector_start_pause_and_stats_shape(started: Cli) -> None:
     stats = started.json("connector", "demo", "numbers", "waiting", "stats", "--format", "json")

@@ -3,6 +3,7 @@ of ``connectors run`` on a terminal and in a pipe."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import pty
@@ -16,9 +17,13 @@ import dagster as dg
 import pytest
 from click.testing import CliRunner, Result
 
+import connector_core.state
 from connector_assets import build_definitions
-from connector_cli.history import DAGSTER_YAML
+from connector_assets import metadata as asset_metadata
+from connector_cli.history import DAGSTER_YAML, SOURCE_KEY
 from connector_cli.main import cli
+from connector_core.pipeline import Pipeline
+from connector_core.project import load_project
 
 PROJECT = """
 pipelines:
@@ -106,12 +111,21 @@ def test_cli_run_materializes_with_the_metadata_of_a_dagster_run(
 
     with instance_of(home, monkeypatch) as instance:
         cli_events = {key: instance.get_latest_materialization_event(key) for key in (NUMBERS, EVENTS)}
+        check_keys = [dg.AssetCheckKey(NUMBERS, name) for name in ("hourly_volume", "parse_error_rate", "backup_age")]
+        evaluated = instance.event_log_storage.get_latest_asset_check_execution_by_key(check_keys)
+    assert set(evaluated) == set(check_keys), "the CLI's run evaluates the asset checks as a Dagster run does"
+    parse_rate = evaluated[dg.AssetCheckKey(NUMBERS, "parse_error_rate")].event
+    assert parse_rate is not None and parse_rate.dagster_event is not None
+    evaluation = parse_rate.dagster_event.event_specific_data
+    assert evaluation.passed and evaluation.metadata["records"].value == 10
     numbers = plain(cli_events[NUMBERS].asset_materialization.metadata)
     assert numbers["dagster/row_count"] == 10
     assert numbers["dagster/table_name"] == "main.numbers"
     assert numbers["dagster/column_schema"] == dg.TableSchema(columns=[dg.TableColumn("n", "BIGINT")])
-    assert numbers["connectors/records"] == 10 and numbers["connectors/numbers.gen/records"] == 10
-    assert numbers["connectors/source"] == "cli"
+    assert numbers["connectors/records"] == 10 and numbers["connectors/source"] == "cli"
+    rows = {r.data["connector"]: r.data for r in numbers["connectors/connectors"].records}
+    assert (rows["numbers.gen"]["records"], rows["numbers.later"]["records"]) == (10, 0)
+    assert not [key for key in numbers if key.startswith("connectors/numbers.")], "no numeric key per connector"
     events = plain(cli_events[EVENTS].asset_materialization.metadata)
     assert events["dagster/row_count"] == 3
     assert {c.name for c in events["dagster/column_schema"].columns} == {"id", "kind"}  # from the sink table
@@ -158,6 +172,7 @@ def test_lifecycle_procedures_are_observations_and_reads_record_nothing(
             ]
             == 15
         )
+    seen = {key: [m for m in observed if "connectors/procedure" in m] for key, observed in seen.items()}  # not hours
     procedures = {key: sorted(m["connectors/procedure"] for m in observed) for key, observed in seen.items()}
     assert procedures[EVENTS] == ["pipeline pause", "pipeline resume", "setup"]
     assert procedures[NUMBERS] == ["connector start", "pipeline pause", "pipeline resume", "setup"]
@@ -192,6 +207,58 @@ def test_no_dagster_home_records_nothing_and_a_failure_to_record_is_a_warning(tm
         [sys.executable, "-c", program, str(project)], env=env, capture_output=True, text=True, check=True
     )
     assert done.stdout.strip().splitlines()[-1] == "0 []"
+
+
+def test_completed_hours_are_observed_once_whichever_path_records_them(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``connectors run`` observes each completed hour of every table once; a Dagster run recording into the same
+    instance does not observe them again, and observes the next completed hour."""
+    current = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)  # both clocks fixed
+    monkeypatch.setattr(connector_core.state, "current_hour", current.isoformat)
+    monkeypatch.setattr(asset_metadata, "now", lambda: current + dt.timedelta(minutes=30))
+    project = write_project(tmp_path)
+    connectors(project, "setup", "demo", "--confirm-prerequisites", home=home)
+    pipeline = Pipeline(load_project(project), "demo")
+    try:
+        with pipeline.connector("numbers", "gen").state.transaction() as conn:  # type: ignore[union-attr]
+            past = (current - dt.timedelta(hours=2)).isoformat()
+            conn.execute("INSERT INTO hourly_stats VALUES (?, 8, 80, 2, 1)", (past,))
+    finally:
+        pipeline.close()
+
+    def hours(instance: dg.DagsterInstance, key: dg.AssetKey) -> list[tuple[str, int, int, str | None]]:
+        """(hour, records, parse errors, source) of the asset's hourly observations, oldest first."""
+        records = instance.fetch_observations(key, limit=100, ascending=True).records
+        observed = [plain(r.asset_observation.metadata) for r in records]
+        return [
+            (
+                m["connectors/hour"],
+                m["connectors/hourly_records"],
+                m["connectors/hourly_parse_errors"],
+                m.get(SOURCE_KEY),
+            )
+            for m in observed
+            if "connectors/hour" in m
+        ]
+
+    connectors(project, "run", "demo", home=home)
+    connectors(project, "run", "demo", home=home)  # nothing new: no hour observed twice
+    with instance_of(home, monkeypatch) as instance:
+        assert hours(instance, NUMBERS) == [(past, 8, 2, "cli")]
+        assert hours(instance, EVENTS) == [], "no completed hour of events yet"
+
+        # An hour later the run's hour has completed; a Dagster run records it, without the CLI's hour again.
+        monkeypatch.setattr(asset_metadata, "now", lambda: current + dt.timedelta(minutes=90))
+        defs = build_definitions(project)
+        result = dg.materialize(
+            [defs.get_assets_def(NUMBERS)], resources=defs.resources, instance=instance, selection=[NUMBERS, EVENTS]
+        )
+        assert result.success
+        assert hours(instance, NUMBERS) == [(past, 8, 2, "cli"), (current.isoformat(), 10, 0, None)]
+        assert hours(instance, EVENTS) == [(current.isoformat(), 3, 0, None)]
+        connectors(project, "run", "demo", home=home)
+        assert len(hours(instance, NUMBERS)) == 2 and len(hours(instance, EVENTS)) == 1
 
 
 # ----------------------------------------------------------------------------------------- progress output

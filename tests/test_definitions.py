@@ -174,7 +174,8 @@ def test_connection_names_that_give_taken_or_clashing_resource_keys_are_refused(
 def test_lifecycle_configs_are_typed_launchpad_forms(defs: dg.Definitions) -> None:
     field = op_def(defs, "shop__recover").config_schema.as_field().config_type.fields["to"]
     assert field.description and "STARTED" in field.description
-    assert {v.config_value for v in field.config_type.enum_values} == {"STARTED", "PAUSED"}
+    choices = field.config_type.inner_type.enum_values  # Noneable: it has a default
+    assert ({v.config_value for v in choices}, field.default_value) == ({"STARTED", "PAUSED"}, "PAUSED")
     fields = op_def(defs, "shop__wizard_prerequisites").config_schema.as_field().config_type.fields
     assert set(fields) == {"done", "all", "complete"}
     assert all(not f.is_required and f.description for f in fields.values())

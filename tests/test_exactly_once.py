@@ -31,14 +31,14 @@ from dagster_duckdb import DuckDBResource
 from connector_core.ingest import IngestSession
 from connector_core.pipeline import Pipeline
 from connector_core.project import parse_project
-from connector_core.state import ConnectorState
+from connector_core.state import SQLiteConnectorState
 
 # Widen the window between the sink commit and the state commit, so that random kills also land there.
-state_commit = ConnectorState.commit_batch
+state_commit = SQLiteConnectorState.commit_batch
 def slow_state_commit(self, batch):
     time.sleep(0.004)
     state_commit(self, batch)
-ConnectorState.commit_batch = slow_state_commit
+SQLiteConnectorState.commit_batch = slow_state_commit
 
 class Clients:
     def __init__(self, database):

@@ -36,7 +36,7 @@ def test_config_is_typed_per_format_and_dumps_only_what_was_written() -> None:
         ({"name": "csv", "config": {"delimiter": ";;"}}, "csv delimiter must be one character, got ';;'"),
         (
             {"name": "csv", "config": {"array": True}},
-            "unknown csv format config key(s) array; allowed: delimiter, header",
+            "unknown key 'array'; remove it or check its spelling (allowed: header, delimiter)",
         ),
         ({"name": "parquet", "config": {"header": True}}, "allowed: none"),
         ({"name": "json", "config": {"reader": "fast"}}, "'fast' is not one of auto, arrow"),

@@ -166,6 +166,51 @@ def test_a_repeated_table_and_a_repeated_flow_key_are_refused(tmp_path: Path) ->
     assert f"{where} (lines {VALUES_LINE} and {VALUES_LINE}): the key 'values' is given twice" in message
 
 
+# ------------------------------------------------------------------------------------------ format config keys
+FORMATTED = """\
+pipelines:
+  example:
+    tables:
+      price:
+        connectors:
+          - name: files
+            transport:
+              name: file_input
+              config:
+                path: prices.csv
+            format:
+              name: {name}
+              config:
+                {key}: {value}
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "value", "problem"),
+    [
+        ("csv", "delimter", "';'", "unknown key 'delimter'; did you mean 'delimiter'?"),
+        ("json", "aray", "true", "unknown key 'aray'; did you mean 'array'?"),
+        ("csv", "array", "true", "unknown key 'array'; remove it or check its spelling (allowed: header, delimiter)"),
+        ("parquet", "header", "true", "unknown key 'header'; remove it or check its spelling (allowed: none)"),
+    ],
+)
+def test_an_unknown_format_config_key_names_its_path_line_and_nearest_key(
+    tmp_path: Path, name: str, key: str, value: str, problem: str
+) -> None:
+    (tmp_path / "prices.csv").write_text("id\n1\n")
+    message = refusal(write(tmp_path, FORMATTED.format(name=name, key=key, value=value)))
+    assert f"pipelines.example.tables.price.connectors[0].format.config.{key} (line 14): {problem}" in message
+
+
+def test_every_unknown_format_config_key_is_named_beside_the_other_problems(tmp_path: Path) -> None:
+    (tmp_path / "prices.csv").write_text("id\n1\n")
+    text = FORMATTED.format(name="csv", key="hedaer", value="true") + "                delimiter: ';;'\n"
+    message = refusal(write(tmp_path, text))
+    where = "pipelines.example.tables.price.connectors[0].format.config"
+    assert f"{where}.hedaer (line 14): unknown key 'hedaer'; did you mean 'header'?" in message
+    assert f"{where}.delimiter (line 15): csv delimiter must be one character, got ';;'" in message
+
+
 # ------------------------------------------------------------------------------------------------ encoding
 def test_a_file_that_is_not_utf8_names_the_offset_and_line(tmp_path: Path) -> None:
     path = tmp_path / "connectors.yaml"

@@ -13,6 +13,8 @@ from clients_for_tests import DuckDBClients, open_pipeline, run_to_end
 from connector_core.ingest import IngestSession
 from connector_core.state import ConnectorState
 
+pytestmark = pytest.mark.usefixtures("state_backend")  # every test runs on SQLite state and on PostgreSQL state
+
 
 def file_connector(path: str, reader: str = "auto", **extra: Any) -> dict[str, Any]:
     return {
@@ -289,15 +291,16 @@ def test_a_crash_between_sink_commit_and_state_commit_is_caught_up(
     session = session_factory(pipeline)
     session.ingest_batch(handle)
 
-    real_commit = ConnectorState.commit_batch
+    state_class = type(handle.state)  # the backend's
+    real_commit = state_class.commit_batch
 
     def crash(self: ConnectorState, batch: Any) -> None:
         raise KeyboardInterrupt("killed after the sink commit")
 
-    monkeypatch.setattr(ConnectorState, "commit_batch", crash)
+    monkeypatch.setattr(state_class, "commit_batch", crash)
     with pytest.raises(KeyboardInterrupt):
         session.ingest_batch(handle)
-    monkeypatch.setattr(ConnectorState, "commit_batch", real_commit)
+    monkeypatch.setattr(state_class, "commit_batch", real_commit)
     assert handle.state.position()[1] == 1  # the state database missed batch 2 ...
     assert session.sink.mark(handle.connector_id).batch_seq == 2  # ... which the sink holds
 

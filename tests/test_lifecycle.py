@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -10,13 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures_services import STATE_SCHEMA_ENV, with_state_backend
 
 from connector_core import lifecycle as lc
 from connector_core.lifecycle import HookContext, Lifecycle, Response
 from connector_core.pipeline import Pipeline
 from connector_core.project import parse_project
-from connector_core.state import PipelineState
+from connector_core.vocabulary import ConfigurationStatus, Status
 from resources import build_clients
+
+pytestmark = pytest.mark.usefixtures("state_backend")  # every test runs on SQLite state and on PostgreSQL state
 
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -39,7 +43,7 @@ def project_dict(tmp_path: Path, **pipeline_extra: Any) -> dict[str, Any]:
         },
     }
     pipeline.update(pipeline_extra)
-    return {"pipelines": {"p": pipeline}}
+    return with_state_backend({"pipelines": {"p": pipeline}})
 
 
 def open_lifecycle(tmp_path: Path, hooks: dict[str, Any] | None = None, **pipeline_extra: Any) -> Lifecycle:
@@ -82,7 +86,7 @@ def test_new_pipeline_is_configuring_and_ids_are_kept(tmp_path: Path) -> None:
     assert first.status().ok and not (tmp_path / "state").exists()
     refused = first.pause()
     assert refused.response_code == "INVALID_CONNECTOR_STATUS"
-    assert not (tmp_path / "state" / "p" / "pipeline.sqlite").exists(), "a refused procedure stores nothing"
+    assert not open_lifecycle(tmp_path).state.exists, "a refused procedure stores nothing"
     assert first.prerequisites(done=["acl"]).ok, "the first procedure that writes creates the databases"
     again = open_lifecycle(tmp_path)
     assert again.pipeline.pipeline_id == first.pipeline.pipeline_id
@@ -91,8 +95,12 @@ def test_new_pipeline_is_configuring_and_ids_are_kept(tmp_path: Path) -> None:
     assert len(set(ids)) == 3
     states = {h.spec.name: h.state.running for h in first.pipeline.connectors()}
     assert states == {"backfill": True, "held": False, "live": False}  # paused: true and start_after start Paused
-    assert first.state.schema_version == 1 and (tmp_path / "state" / "p" / "pipeline.sqlite").exists()
-    assert all(h.state.path.exists() and h.state.schema_version == 3 for h in first.pipeline.connectors())
+    assert first.state.exists and all(h.state.exists for h in first.pipeline.connectors())
+    if first.pipeline.store.kind == "sqlite":
+        assert first.state.schema_version == 1 and (tmp_path / "state" / "p" / "pipeline.sqlite").exists()
+        assert all(h.state.path.exists() and h.state.schema_version == 3 for h in first.pipeline.connectors())
+    else:
+        assert not (tmp_path / "state").exists(), "PostgreSQL state creates no file"
 
 
 # ------------------------------------------------------------------------------------------ prerequisites
@@ -134,7 +142,7 @@ def test_prerequisites_refused_once_finalized(started: Lifecycle) -> None:
     assert response.message == (
         "Invalid connector configuration status. Expected configuration status: "
         "[INSTALLED, PREREQUISITES_DONE, CONFIGURED, CONNECTED]. Current configuration status: FINALIZED. "
-        "The wizard has finished (FINALIZED); nothing to redo."
+        "The wizard has finished (FINALIZED); nothing to redo (`connectors pipeline p status` shows it)."
     )
 
 
@@ -178,6 +186,8 @@ def test_connect_really_reaches_postgres(tmp_path: Path, monkeypatch: pytest.Mon
     assert life.connect().ok and statuses(life) == ("CONFIGURING", "CONNECTED")
 
     bad = {"pg": {"kind": "postgres", "dsn": {"env": "BAD_DSN"}}}
+    if os.environ.get(STATE_SCHEMA_ENV):  # another pipeline "p": in PostgreSQL, a schema of its own
+        monkeypatch.setenv(STATE_SCHEMA_ENV, os.environ[STATE_SCHEMA_ENV] + "_bad")
     life = open_lifecycle(tmp_path / "bad", connections=bad)
     assert life.configure().ok
     response = life.connect()
@@ -286,7 +296,10 @@ def test_pause_and_resume(started: Lifecycle) -> None:
     )
     resumed = started.resume()
     assert resumed.ok and started.state.status == "STARTED" and started.state.scheduling_enabled
-    assert len(resumed.data["backups_uploaded"]) == 4, "a restart checks the 24-hour rule: nothing was backed up yet"
+    if started.pipeline.store.kind == "sqlite":
+        assert len(resumed.data["backups_uploaded"]) == 4, "a restart checks the 24-hour rule: nothing backed up yet"
+    else:
+        assert "backups_uploaded" not in resumed.data, "PostgreSQL state is backed up by the database"
     response = started.resume()
     assert response.message == (
         "Invalid connector status. Expected status: [PAUSED, STARTING]. Current status: STARTED. "
@@ -327,6 +340,40 @@ def test_recover(started: Lifecycle) -> None:
     assert started.recover("paused").ok and started.state.status == "PAUSED" and not started.state.scheduling_enabled
     force(started, status="STARTING")
     assert started.recover("STARTED").ok and started.state.status == "STARTED" and started.state.scheduling_enabled
+
+
+# ----------------------------------------------------------------------------------- refusals name a command
+#: Every procedure that runs the status checks, called with arguments that pass its own checks where they can.
+STATUS_CHECKED = {
+    "prerequisites": lambda life: life.prerequisites(all_done=True, complete=True),
+    "configure": lambda life: life.configure(),
+    "connect": lambda life: life.connect(),
+    "finalize": lambda life: life.finalize(),
+    "reset": lambda life: life.reset(),
+    "setup": lambda life: life.setup(confirm_prerequisites=True),
+    "pause": lambda life: life.pause(),
+    "resume": lambda life: life.resume(),
+    "recover": lambda life: life.recover("STARTED"),
+    "update_connection": lambda life: life.update_connection("pg", {"dsn": {"env": "NO_SUCH_DSN"}}),
+    "update_warehouse": lambda life: life.update_warehouse("LOAD_WH"),
+}
+
+
+@pytest.mark.parametrize("status", [status.value for status in Status])
+def test_every_status_refusal_names_the_command_that_fixes_it(life: Lifecycle, status: str) -> None:
+    """Each procedure, in ``status`` and every configuration status: a refusal by the status checks ends with the
+    ``connectors`` command that gets past it."""
+    life.pipeline.ensure_created()
+    refusals: dict[str, set[str]] = {}
+    for configuration in ConfigurationStatus:
+        for name, call in STATUS_CHECKED.items():
+            force(life, status=status, configuration=configuration)
+            response = call(life)
+            if response.response_code in ("INVALID_CONNECTOR_STATUS", "INVALID_CONNECTOR_CONFIGURATION_STATUS"):
+                refusals.setdefault(response.response_code, set()).add(name)
+                assert "`connectors " in response.message, (status, configuration, name, response.message)
+    assert "INVALID_CONNECTOR_STATUS" in refusals  # some procedure is refused in every status
+    assert ("INVALID_CONNECTOR_CONFIGURATION_STATUS" in refusals) == (status == "CONFIGURING")
 
 
 # ------------------------------------------------------------------------------------ hooks and rollback
@@ -416,9 +463,9 @@ def test_a_wizard_callback_failure_stores_nothing(life: Lifecycle) -> None:
 
 # ---------------------------------------------------------------------------------- privileges, records
 def test_required_privileges_missing(started: Lifecycle) -> None:
-    started.pipeline.state = PipelineState(started.state.path, read_only=True)
+    started.pipeline.state = started.pipeline.store.pipeline("p", read_only=True)
     response = started.pause()
-    assert response.response_code == "REQUIRED_PRIVILEGES_MISSING" and str(started.state.path) in response.message
+    assert response.response_code == "REQUIRED_PRIVILEGES_MISSING" and started.state.location in response.message
 
 
 def test_connector_status_not_found(started: Lifecycle) -> None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import dagster as dg
+import pytest
 from dagster_helpers import lifecycle, opened_pipeline
 
 from connector_assets import ConnectorsTranslator, TableProps, build_definitions
@@ -34,6 +35,8 @@ pipelines:
             transport: {name: datagen, config: {plan: [{limit: 2}]}}
 """
 SENSOR = "demo__orchestration"
+
+pytestmark = pytest.mark.usefixtures("state_backend")  # every test runs on SQLite state and on PostgreSQL state
 
 
 def tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None = None):  # noqa: ANN201

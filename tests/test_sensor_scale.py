@@ -18,7 +18,7 @@ from connector_assets import build_definitions
 from connector_core.lifecycle import Lifecycle
 from connector_core.pipeline import Pipeline
 from connector_core.project import load_project
-from connector_core.state import BatchCommit, ConnectorSnapshot, ConnectorState
+from connector_core.state import BatchCommit, ConnectorSnapshot, SQLiteConnectorState
 from resources import build_clients
 
 PIPELINE = "scale"
@@ -152,7 +152,7 @@ def test_a_tick_over_240_connectors_releases_and_requests_exactly_what_the_rules
 
 def test_a_snapshot_reads_what_the_database_holds_and_an_older_schema_too(tmp_path: Path) -> None:
     path = tmp_path / "sqlite.db"
-    state = ConnectorState(path, starts_paused=True)
+    state = SQLiteConnectorState(path, starts_paused=True)
     state.initialize("c1", "p1", "t.c", "datagen", {}, ["t.c"], starts_paused=True)
     state.commit_batch(BatchCommit(position={"emitted": 7}, batch_seq=2, records=7, bytes=56, end_of_input=True))
     state.set_running(True, "start_after t.b finished", released_by_start_after=True)

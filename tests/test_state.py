@@ -15,10 +15,10 @@ from connector_core.state import (
     CONNECTOR_MIGRATIONS,
     MAX_PARSE_ERRORS_KEPT,
     BatchCommit,
-    ConnectorState,
-    PipelineState,
+    SQLiteConnectorState,
+    SQLitePipelineState,
+    SQLiteStateStore,
     StateError,
-    StateStore,
 )
 
 
@@ -78,15 +78,15 @@ def test_migration_from_an_older_schema(tmp_path: Path) -> None:
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
-    ConnectorState(path)
+    SQLiteConnectorState(path)
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA user_version = 99")
     with pytest.raises(StateError, match="schema version 99"):
-        ConnectorState(path)
+        SQLiteConnectorState(path)
 
 
 def test_a_failed_transaction_changes_nothing(tmp_path: Path) -> None:
-    state = PipelineState(tmp_path / "p.sqlite")
+    state = SQLitePipelineState(tmp_path / "p.sqlite")
     state.initialize()
     with pytest.raises(RuntimeError), state.transaction() as conn:
         state.put(conn, "status", "STARTED")
@@ -96,12 +96,12 @@ def test_a_failed_transaction_changes_nothing(tmp_path: Path) -> None:
 
 
 def test_read_only_state_is_not_writable(tmp_path: Path) -> None:
-    state = PipelineState(tmp_path / "p.sqlite")
+    state = SQLitePipelineState(tmp_path / "p.sqlite")
     state.initialize()
     assert state.writable()
-    assert not PipelineState(tmp_path / "p.sqlite", read_only=True).writable()
+    assert not SQLitePipelineState(tmp_path / "p.sqlite", read_only=True).writable()
     with pytest.raises(StateError, match="does not exist"):
-        PipelineState(tmp_path / "missing.sqlite", read_only=True)
+        SQLitePipelineState(tmp_path / "missing.sqlite", read_only=True)
 
 
 def test_opening_a_pipeline_creates_no_file_and_reads_the_initial_state(tmp_path: Path) -> None:
@@ -145,7 +145,7 @@ def test_opening_a_pipeline_creates_no_file_and_reads_the_initial_state(tmp_path
 
 
 def test_batches_metrics_hourly_stats_and_parse_errors(tmp_path: Path) -> None:
-    state = StateStore(tmp_path).connector("p", "id-1")
+    state = SQLiteStateStore(tmp_path).connector("p", "id-1")
     state.initialize("id-1", "pipe-1", "t.c", "file_input", {}, [], starts_paused=False)
     errors = [(i, f"bad record {i}") for i in range(150)]
     state.commit_batch(BatchCommit(position={"offset": 10}, batch_seq=1, records=5, bytes=50, end_of_input=False))
@@ -168,7 +168,7 @@ def test_batches_metrics_hourly_stats_and_parse_errors(tmp_path: Path) -> None:
 
 
 def test_consecutive_failed_reads_become_a_fatal_error_and_a_good_read_resets_them(tmp_path: Path) -> None:
-    state = StateStore(tmp_path).connector("p", "id-1")
+    state = SQLiteStateStore(tmp_path).connector("p", "id-1")
     state.initialize("id-1", "pipe-1", "t.c", "url_input", {}, [], starts_paused=False)
     assert state.record_failed_read("refused", fatal_after=3) is None
     assert state.record_failed_read("refused", fatal_after=3) is None

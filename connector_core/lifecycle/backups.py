@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from connector_core.backups import RestoreError, connector_key, open_store, restore_connector, run_backup_check
+from connector_core.backups import (
+    RestoreError,
+    backs_up_files,
+    connector_key,
+    database_backups_note,
+    open_store,
+    restore_connector,
+    run_backup_check,
+)
 from connector_core.lifecycle.engine import ProcedureEngine, Response
 from connector_core.sinks import open_sink
 from connector_core.vocabulary import ResponseCode
@@ -42,6 +50,8 @@ class BackupProcedures(ProcedureEngine):
             pipeline.connector(table, connector)
         except LookupError as exc:
             return Response(ResponseCode.CONNECTOR_STATUS_NOT_FOUND, f"pipeline {pipeline.name}: {exc}")
+        if not backs_up_files(pipeline):
+            return Response(ResponseCode.INTERNAL_ERROR, f"restore refused: {database_backups_note(pipeline)}")
         clients = self._require_clients()
         key = connector_key(source.org or pipeline.spec.org_slug, source.pipeline_id, source.connector_id)
         sink = open_sink(pipeline, clients)

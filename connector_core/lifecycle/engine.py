@@ -6,7 +6,6 @@ import importlib
 import json
 import os
 import re
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +15,7 @@ from connector_core.clients import ConnectionClients
 from connector_core.hints import configuration_way_out, status_way_out, with_way_out
 from connector_core.pipeline import ConnectorHandle, Pipeline
 from connector_core.project import Project
-from connector_core.state import PipelineState, StateDB, StateError
+from connector_core.state import PipelineState, StateError, StateObject, Transaction
 from connector_core.vocabulary import ConfigurationStatus, ResponseCode, Status
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,254}$")
@@ -94,7 +93,7 @@ class Step:
     final_configuration: Callable[[str], str] | None = None
     scheduling: bool | None = None
     check: Callable[[], Response | None] | None = None
-    store: Callable[[sqlite3.Connection], None] | None = None
+    store: Callable[[Transaction], None] | None = None
     #: Undoes what ``check`` did outside the state database (e.g. sink tables it created) when a later phase
     #: refuses or fails, so that a procedure that does not answer OK leaves nothing behind.
     undo: Callable[[], None] | None = None
@@ -182,13 +181,13 @@ class ProcedureEngine:
                 response.data["backup_warning"] = self.pipeline.redact(report.message)
         return response
 
-    def _privileges_missing(self, state: StateDB | None = None) -> Response | None:
+    def _privileges_missing(self, state: StateObject | None = None) -> Response | None:
         """Phase 1: ``REQUIRED_PRIVILEGES_MISSING`` unless this process may write the (pipeline) state database."""
         state = state or self.state
         if state.writable():
             return None
         return Response(
-            ResponseCode.REQUIRED_PRIVILEGES_MISSING, f"this process cannot write the state database {state.path}"
+            ResponseCode.REQUIRED_PRIVILEGES_MISSING, f"this process cannot write the state ({state.location})"
         )
 
     def _run_locked(self, step: Step) -> Response:
@@ -262,7 +261,7 @@ class ProcedureEngine:
                     step.done_message,
                     step.values,
                 )
-        except sqlite3.Error as exc:
+        except StateError as exc:
             return self._roll_back(
                 step, status, Response(ResponseCode.ROLLBACK_CODE, f"could not store the new state: {exc}")
             )
@@ -282,18 +281,19 @@ class ProcedureEngine:
         try:
             self._put_status_back(step, status, answer)
         except Exception as exc:
+            failure = f"{answer.message}; putting the status back to {status} failed too ({exc})"
             try:
                 with self.state.transaction() as conn:
                     self.state.put(conn, "status", Status.ERROR)
-                    self.state.add_event(
-                        conn, step.procedure, step.intermediate, Status.ERROR, ResponseCode.UNKNOWN_ERROR_CODE, str(exc)
+                    self.state.add_event(  # the cause, as `run --resume` shows it when it recovers
+                        conn, step.procedure, step.intermediate, Status.ERROR, ResponseCode.UNKNOWN_ERROR_CODE, failure
                     )
             except Exception:  # noqa: S110 - the answer below says what to do
                 pass
             return Response(
                 ResponseCode.UNKNOWN_ERROR_CODE,
-                f"{answer.message}; putting the status back to {status} failed too ({exc}). The pipeline is in "
-                f"ERROR: run `connectors pipeline {self.pipeline.name} recover --to STARTED|PAUSED` to leave it.",
+                f"{failure}. The pipeline is in ERROR: run `connectors pipeline {self.pipeline.name} recover --to "
+                "STARTED|PAUSED` to leave it.",
             )
         return answer
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -10,6 +9,7 @@ from pydantic import TypeAdapter, ValidationError
 from connector_core.lifecycle.engine import ProcedureEngine, ProcedureStopped, Response, cause, check_identifiers
 from connector_core.project import Connection
 from connector_core.secrets import literal_secret_keys, refusal, resolved_secrets
+from connector_core.state import Transaction
 from connector_core.vocabulary import ResponseCode, Status
 
 #: Connection fields ``update_connection`` accepts, per connection kind (kafka: any librdkafka dotted key).
@@ -77,7 +77,7 @@ class UpdateProcedures(ProcedureEngine):
                 )
             return None
 
-        def store(conn: sqlite3.Connection) -> None:
+        def store(conn: Transaction) -> None:
             self.state.merge_config(conn, f"connection.{connection}", values)
 
         return self._run(
@@ -118,7 +118,7 @@ class UpdateProcedures(ProcedureEngine):
                 )
             return None
 
-        def store(conn: sqlite3.Connection) -> None:
+        def store(conn: Transaction) -> None:
             self.state.merge_config(conn, "sink", {"warehouse": warehouse})
 
         return self._run(

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from connector_core.hints import setup_command
+from connector_core.hints import setup_command, status_way_out, with_way_out
 from connector_core.lifecycle.engine import (
     ProcedureEngine,
     ProcedureStopped,
@@ -14,6 +13,7 @@ from connector_core.lifecycle.engine import (
     cause,
     check_identifiers,
 )
+from connector_core.state import Transaction
 from connector_core.vocabulary import WIZARD_STEPS_BEFORE_FINAL, ConfigurationStatus, ResponseCode, Status
 
 #: Sink fields the ``configure`` step accepts, per sink kind.
@@ -57,7 +57,7 @@ class WizardProcedures(ProcedureEngine):
         def all_marked() -> bool:
             return all(p["done"] or p["id"] in marking for p in self.state.prerequisites())
 
-        def store(conn: sqlite3.Connection) -> None:
+        def store(conn: Transaction) -> None:
             self.state.mark_prerequisites_done(conn, marking)
 
         def final_configuration(current: str) -> str:
@@ -97,7 +97,7 @@ class WizardProcedures(ProcedureEngine):
                 )
             return check_identifiers({k: v for k, v in values.items() if k in ("database", "schema", "warehouse")})
 
-        def store(conn: sqlite3.Connection) -> None:
+        def store(conn: Transaction) -> None:
             self.state.merge_config(conn, "sink", values)
 
         return self._run(
@@ -179,7 +179,7 @@ class WizardProcedures(ProcedureEngine):
     def reset(self) -> Response:
         """Back to INSTALLED: stored configuration cleared, prerequisites undone."""
 
-        def store(conn: sqlite3.Connection) -> None:
+        def store(conn: Transaction) -> None:
             self.state.clear_config(conn)
             self.state.reset_prerequisites(conn)
 
@@ -196,7 +196,11 @@ class WizardProcedures(ProcedureEngine):
         """The whole wizard from the project file: prerequisites → configure → connect → finalize."""
         steps: list[dict[str, Any]] = []
         if self.state.configuration_status == ConfigurationStatus.FINALIZED:
-            return Response(ResponseCode.OK, f"pipeline {self.pipeline.name} is already set up", {"steps": steps})
+            status = self.state.status
+            message = f"pipeline {self.pipeline.name} is already set up"
+            if status != Status.STARTED:  # an OK answer all the same; it names what brings the pipeline back
+                message = with_way_out(f"{message} (it is {status}).", status_way_out(self.pipeline.name, status))
+            return Response(ResponseCode.OK, message, {"steps": steps})
         calls: list[tuple[str, Callable[[], Response]]] = [
             ("prerequisites", lambda: self.prerequisites(all_done=confirm_prerequisites, complete=True)),
             ("configure", self.configure),
