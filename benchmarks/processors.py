@@ -1,7 +1,8 @@
 """Processors and channels benchmark (issue 15): ``.venv/bin/python benchmarks/processors.py [--records 1000000]``.
 
 The same file of ``--records`` JSON lines (``benchmarks/ingest.py``'s records) goes from ``file_input`` into
-DuckDB, in this process, each variant in a fresh folder, best of ``--repeat``:
+DuckDB, in this process, each variant in a fresh folder, best of ``--repeat``. The runs go in rounds (every variant
+once per round), so a change of the shared machine's load hits all variants alike:
 
 - ``none``: no processor (the baseline; DuckDB reads the JSON lines itself);
 - ``python``: an identity Python processor (``lambda batch: batch``): the batch takes the Arrow path;
@@ -9,15 +10,19 @@ DuckDB, in this process, each variant in a fresh folder, best of ``--repeat``:
   record (``JSON.parse`` / ``JSON.stringify``);
 - ``node_pass``: the same runner with a ``node`` program that passes its input through without parsing it (the
   protocol's own cost);
+- ``node_arrow``: an identity ``node`` program over the long-lived ``arrow`` runner
+  (``processors/node/identity_arrow.mjs``, with the npm package ``apache-arrow`` that ``.ci/run`` installs; skipped
+  with a note when it is not installed);
 - ``kafka_channel``: the upstream pipeline (``file_input`` -> kafka sink on a tansu broker started here, or
   ``$KAFKA_BOOTSTRAP_SERVERS``) then the downstream one (``kafka_input`` with partition EOF -> DuckDB): the whole
-  trip from file to downstream table, against ``none``.
+  trip from file to downstream table, against ``none``. ``--kafka-config KEY=VALUE`` adds librdkafka settings to
+  the channel's connection (e.g. ``compression.type=none``).
 
 It prints records/s and the ratio to ``none`` of each (for the channel also ``channel_up`` and ``channel_down``: the
-best time of each half on its own), then last ``ratio=<node_jsonl / none>`` (when measured; else the ratio of the
-last variant named). ``--only NAME`` (repeatable) measures ``none`` and the variants named. Goals: python >= 0.9, node_jsonl >= 0.3,
-kafka_channel >= 0.5. No Arrow IPC variant for node: no JavaScript Arrow library is installed by ``.ci/run`` (the
-``arrow`` protocol is measured with Python children in the tests only).
+best time of each half on its own), ``ratio_node_jsonl=<node_jsonl / none>``, then last ``ratio=<identity node /
+none> (node, <protocol>)`` for the faster of ``node_arrow`` and ``node_jsonl`` (when measured; else the ratio of the
+last variant named). ``--only NAME`` (repeatable) measures ``none`` and the variants named. Goals: python >= 0.9,
+identity node >= 0.3, kafka_channel >= 0.5.
 
 Measured on the shared 2-core host (best of 3; another benchmark ran at times, so single runs moved by up to 2x;
 variants compared within one run, phases timed by wrapping the sink's and the runners' methods):
@@ -54,20 +59,31 @@ an upper bound) gained ~0.4 s in one noisy run (3.38 s against 3.82 s): not enou
 would see the source's lines instead of the table's columns (missing columns absent, values not cast), so it
 was not done.
 
-Left short: node_jsonl. ``node identity.js`` alone takes 1.95 s here (1.79 s user) for these records, so with
-``none`` at 0.55 s no runner reaches 0.3 (it would need 1.83 s); the rest is the batch's parse before the program
-starts (~0.27 s) and the sink's load of the answer after it (~0.5 s), both serial to the program's work within a
-batch (the exactly-once batch is read, processed and committed in turn). python sits at DuckDB's own floor: its
-parse to Arrow plus the Arrow insert of a 32 MB piece take 0.164 s against 0.148 s for ``read_json`` inserting it
-(0.90).
+node_jsonl stays short of 0.3: ``node identity.js`` alone takes 1.95 s here (1.79 s user) for these records, so
+with ``none`` at 0.55 s no runner reaches 0.3 (it would need 1.83 s); the rest is the batch's parse before the
+program starts (~0.27 s) and the sink's load of the answer after it (~0.5 s), both serial to the program's work
+within a batch (the exactly-once batch is read, processed and committed in turn). python sits at DuckDB's own
+floor: its parse to Arrow plus the Arrow insert of a 32 MB piece take 0.164 s against 0.148 s for ``read_json``
+inserting it (0.90).
 
-kafka_channel (``--only kafka_channel``; halves timed on their own; details in ``docs/channels.md``, Performance):
-before, none 0.55 s, upstream 1.57 s, downstream 0.79 s, channel 2.36 s (0.23); after, none 0.57 s, upstream
-0.63 s, downstream 0.68 s, channel 1.38 s (0.41-0.44). The kafka sink reads JSON lines itself (``read_json`` +
-``to_json`` in one query instead of pyarrow, cast, ``to_json``), starts its producer early (the idempotent
-producer's id costs 0.5 s on tansu), compresses with lz4; the reader copies a batch once and sees a partition's
-end at the last fetch's high watermark. Left short: each half now costs about the direct load (the upstream
-parses and writes every record, the broker stores and serves it, on the same two cores).
+node_arrow (the identity node program over Arrow IPC; ``ratio=`` reports it when it is the faster node variant):
+0.56-0.61 in three runs (none 0.57-0.62 s, node_arrow 0.96-1.06 s), against 0.17-0.19 for the best node variant
+before (node_jsonl). The arrow runner sends a batch as one IPC stream cut into record batches of ``ENCODE_ROWS``
+rows, handed to the writer thread one by one (no concatenated copy; the program reads the first while the next
+are encoded), and the program answers each record batch as it arrives, so the answer is read while the batch
+still comes in. Left: node's start with apache-arrow's modules (~0.15 s, serial to the first batch) and the
+streams each way; measured alone, node answers a 400,000-row batch in 0.08-0.17 s.
+
+kafka_channel (``--only kafka_channel``; halves timed on their own; details in ``docs/channels.md``, Performance),
+runs taken in turn with the version before on the quiet machine: before (JSON lines) 0.39, 0.39, 0.48 (channel
+1.35-1.62 s, none 0.63-0.65 s); after (Arrow IPC messages) 0.56, 0.56, 0.58 (channel 1.01-1.11 s, none 0.57-0.62
+s; upstream 0.50-0.63 s, downstream 0.44-0.52 s). The kafka sink sends each message as an Arrow IPC stream
+(DuckDB's ``read_json`` into Arrow, no ``to_json``; 48 MB of messages instead of 79 MB) and ``kafka_input`` hands a
+batch of them on as one Arrow table that DuckDB inserts without parsing. Earlier steps: the sink reads JSON lines
+itself, starts its producer early (the idempotent producer's id costs 0.5 s on tansu), compresses with lz4; the
+reader copies a batch once and sees a partition's end at the last fetch's high watermark. Left: each half still
+costs about one direct load (the upstream parses every record and waits for the broker's acknowledgements, the
+downstream fetches and inserts), and the halves run one after the other.
 """
 
 from __future__ import annotations
@@ -79,7 +95,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -121,17 +137,17 @@ process.stdin.on('data', (chunk) => {
 class Clients:
     """The clients the benchmark's pipelines need: one DuckDB file, a Kafka broker."""
 
-    def __init__(self, database: Path, bootstrap: str | None = None) -> None:
+    def __init__(self, database: Path, kafka: dict[str, str] | None = None) -> None:
         from dagster_duckdb import DuckDBResource
 
         self.resource = DuckDBResource(database=str(database))
-        self.bootstrap = bootstrap
+        self.kafka = kafka or {}
 
     def duckdb_connection(self) -> Any:
         return self.resource.get_connection()
 
     def kafka_settings(self, connection: str) -> dict[str, Any]:
-        return {"bootstrap.servers": self.bootstrap}
+        return dict(self.kafka)
 
 
 def file_connector(path: Path, processors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -169,23 +185,24 @@ def ingest(folder: Path, pipeline_name: str, spec: dict[str, Any], clients: Clie
 
 
 #: The variants, for ``--only``.
-VARIANTS = ("none", "python", "node_jsonl", "node_pass", "kafka_channel")
+VARIANTS = ("none", "python", "node_jsonl", "node_pass", "node_arrow", "kafka_channel")
+#: The identity ``node`` program over the ``arrow`` protocol (needs ``apache-arrow``, installed by ``.ci/run``).
+NODE_ARROW = ROOT / "processors" / "node" / "identity_arrow.mjs"
+#: How each identity node variant speaks to its program (for the last line).
+NODE_PROTOCOLS = {"node_arrow": "Arrow IPC", "node_jsonl": "JSON lines"}
 
 
-def timed(variant: Callable[[Path], int], workdir: Path, repeat: int, expected: int) -> float:
-    """Best seconds of ``repeat`` runs of ``variant`` (each in a fresh folder); every run must load ``expected``."""
-    best = float("inf")
-    for attempt in range(repeat):
-        folder = workdir / f"run-{attempt}"
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir()
-        started = time.perf_counter()
-        records = variant(folder)
-        best = min(best, time.perf_counter() - started)
-        if records != expected:
-            raise SystemExit(f"loaded {records} records, expected {expected}")
-        shutil.rmtree(folder, ignore_errors=True)
-    return best
+def timed_once(variant: Callable[[Path], int], folder: Path, expected: int) -> float:
+    """Seconds of one run of ``variant`` in the fresh folder ``folder``; it must load ``expected`` records."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    started = time.perf_counter()
+    records = variant(folder)
+    seconds = time.perf_counter() - started
+    if records != expected:
+        raise SystemExit(f"loaded {records} records, expected {expected}")
+    shutil.rmtree(folder, ignore_errors=True)
+    return seconds
 
 
 @contextmanager
@@ -205,6 +222,13 @@ def main() -> None:
     parser.add_argument("--skip-kafka", action="store_true", help="do not measure the Kafka channel")
     parser.add_argument(
         "--only", action="append", choices=VARIANTS, help="measure this variant and none only (repeatable)"
+    )
+    parser.add_argument(
+        "--kafka-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a librdkafka setting of the channel's connection, e.g. compression.type=none (repeatable)",
     )
     options = parser.parse_args()
     records = options.records
@@ -227,34 +251,52 @@ def main() -> None:
             "python": direct([{"kind": "python", "function": "steps:identity"}]),
             "node_jsonl": direct([{**node, "command": ["node", str(workdir / "identity.js")]}]),
             "node_pass": direct([{**node, "command": ["node", str(workdir / "pass.js")]}]),
+            "node_arrow": direct([{**node, "protocol": "arrow", "command": ["node", str(NODE_ARROW)]}]),
         }
         if options.only:
             variants = {name: variants[name] for name in ("none", *options.only) if name in variants}
-        timed(variants["none"], workdir, 1, records)  # warm-up: imports, DuckDB's first file
-        seconds = {name: timed(variant, workdir, options.repeat, records) for name, variant in variants.items()}
-        if not options.skip_kafka and (not options.only or "kafka_channel" in options.only):
-            with kafka_broker() as bootstrap:
-                halves: dict[str, list[float]] = {"channel_up": [], "channel_down": []}
-                seconds["kafka_channel"] = timed(
-                    channel(source, bootstrap, halves), workdir, options.repeat, 2 * records
-                )
-                seconds.update({name: min(values) for name, values in halves.items()})  # best of each half
+        if "node_arrow" in variants and not (NODE_ARROW.parent / "node_modules" / "apache-arrow").is_dir():
+            print(f"node_arrow skipped: no apache-arrow (npm ci --prefix {NODE_ARROW.parent})", file=sys.stderr)
+            del variants["node_arrow"]
+        timed_once(variants["none"], workdir / "warm-up", records)  # imports, DuckDB's first file
+        measure_kafka = not options.skip_kafka and (not options.only or "kafka_channel" in options.only)
+        runs: dict[str, list[float]] = {name: [] for name in variants}
+        with kafka_broker() if measure_kafka else nullcontext() as bootstrap:
+            halves: dict[str, list[float]] = {"channel_up": [], "channel_down": []}
+            if bootstrap is not None:
+                settings = dict(item.split("=", 1) for item in options.kafka_config)
+                variants["kafka_channel"] = channel(source, {**settings, "bootstrap.servers": bootstrap}, halves)
+                runs["kafka_channel"] = []
+            for attempt in range(options.repeat):  # rounds of every variant: load changes hit all of them alike
+                for name, variant in variants.items():
+                    expected = 2 * records if name == "kafka_channel" else records
+                    runs[name].append(timed_once(variant, workdir / f"{name}-{attempt}", expected))
+        seconds = {name: min(values) for name, values in runs.items()}
+        seconds.update({name: min(values) for name, values in halves.items() if values})  # best of each half
         baseline = seconds["none"]
         for name, value in seconds.items():
             print(f"{name:>14}: {records / value:>12,.0f} records/s  ({value:.2f} s)  ratio {baseline / value:.2f}")
-        last = "node_jsonl" if "node_jsonl" in seconds else (options.only or ["none"])[-1]
-        print(f"ratio={baseline / seconds[last]:.2f}")
+        if "node_jsonl" in seconds:
+            print(f"ratio_node_jsonl={baseline / seconds['node_jsonl']:.2f}")
+        node = [name for name in ("node_arrow", "node_jsonl") if name in seconds]
+        if node:
+            best = min(node, key=seconds.__getitem__)
+            print(f"ratio={baseline / seconds[best]:.2f} (node, {NODE_PROTOCOLS[best]})")
+        else:
+            last = (options.only or ["none"])[-1]
+            print(f"ratio={baseline / seconds.get(last, baseline):.2f} ({last})")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def channel(source: Path, bootstrap: str, halves: dict[str, list[float]]) -> Callable[[Path], int]:
-    """The upstream pipeline to the topic, then the downstream one to its table (records of both counted); the
-    seconds of each half are appended to ``halves`` (``channel_up``, ``channel_down``)."""
+def channel(source: Path, settings: dict[str, str], halves: dict[str, list[float]]) -> Callable[[Path], int]:
+    """The upstream pipeline to the topic, then the downstream one to its table (records of both counted), over a
+    kafka connection of ``settings`` (librdkafka's); the seconds of each half are appended to ``halves``
+    (``channel_up``, ``channel_down``)."""
 
     def run(folder: Path) -> int:
         topic = f"bench.{folder.name}.{time.monotonic_ns()}"
-        connection = {"bus": {"kind": "kafka", "config": {"bootstrap.servers": bootstrap}}}
+        connection = {"bus": {"kind": "kafka", "config": settings}}
         upstream = {
             "sink": {"kind": "kafka", "connection": "bus"},
             "connections": connection,
@@ -276,7 +318,7 @@ def channel(source: Path, bootstrap: str, halves: dict[str, list[float]]) -> Cal
                 }
             },
         }
-        clients = Clients(folder / "warehouse.duckdb", bootstrap)
+        clients = Clients(folder / "warehouse.duckdb", settings)
         started = time.perf_counter()
         sent = ingest(folder / "up", "up", upstream, clients)
         halfway = time.perf_counter()

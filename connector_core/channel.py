@@ -1,7 +1,8 @@
 """A Kafka channel between pipelines: the message headers its writer sets and the rule its reader drops by.
 
 The writer (:mod:`connector_core.sinks.kafka`, a sink ``{kind: kafka}``) puts each batch of a connector on the
-table's topic as JSON lines, many records per message, and numbers every record: record ``n`` of a writer is the
+table's topic, many records per message (each message one Arrow IPC stream, or JSON lines: its
+:data:`ENCODING` header says which), and numbers every record: record ``n`` of a writer is the
 ``n``-th record that connector ever committed (its cumulative record count before it, kept in the connector's state
 with its source position). Every message carries :class:`ChannelHeaders`.
 
@@ -16,18 +17,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
 if TYPE_CHECKING:
     from connector_core.project import PipelineSpec, Project
 
 #: Header names (values are ASCII text).
 WRITER = "connectors.writer"  #: the writer's connector id
 FIRST_RECORD = "connectors.first_record"  #: the writer's number of the message's first record
-RECORDS = "connectors.records"  #: records (JSON lines) in the message
+RECORDS = "connectors.records"  #: records (JSON lines, or rows of the Arrow stream) in the message
 BATCH = "connectors.batch"  #: the writer's batch number (``batch_seq``)
 PART = "connectors.part"  #: index of the message within its batch, from 0
 PARTS = "connectors.parts"  #: messages of the batch
 PIPELINE = "connectors.pipeline"  #: the writer's pipeline
 TABLE = "connectors.table"  #: the writer's table
+ENCODING = "connectors.encoding"  #: how the value holds the records: :data:`ARROW` or :data:`JSON` (the default)
+
+#: Encodings of a channel message's value.
+ARROW = "arrow"  #: one Arrow IPC stream (schema, record batches, end-of-stream) of ``records`` rows
+JSON = "json"  #: ``records`` JSON lines, without the last newline
+ENCODINGS = (ARROW, JSON)
 
 
 class MalformedHeaders(ValueError):
@@ -46,6 +55,7 @@ class ChannelHeaders:
     parts: int
     pipeline: str = ""
     table: str = ""
+    encoding: str = JSON
 
     def encode(self) -> list[tuple[str, bytes]]:
         """As Kafka message headers."""
@@ -58,6 +68,7 @@ class ChannelHeaders:
             PARTS: self.parts,
             PIPELINE: self.pipeline,
             TABLE: self.table,
+            ENCODING: self.encoding,
         }
         return [(name, str(value).encode()) for name, value in values.items()]
 
@@ -81,6 +92,7 @@ class ChannelHeaders:
                 parts=int(found.get(PARTS, b"1")),
                 pipeline=found.get(PIPELINE, b"").decode(errors="replace"),
                 table=found.get(TABLE, b"").decode(errors="replace"),
+                encoding=found.get(ENCODING, JSON.encode()).decode(),
             )
         except (KeyError, ValueError, UnicodeDecodeError) as exc:
             raise MalformedHeaders(f"channel headers {sorted(found)} of writer {writer!r}: {exc!r}") from None
@@ -104,6 +116,12 @@ class Kept:
             return lines
         split = lines.split(b"\n")
         return b"\n".join(line for start, end in self.ranges for line in split[start:end])
+
+    def take(self, table: pa.Table) -> pa.Table:
+        """The kept rows of a message's Arrow table."""
+        if self.ranges == [(0, table.num_rows)]:
+            return table
+        return pa.concat_tables([table.slice(start, end - start) for start, end in self.ranges] or [table.slice(0, 0)])
 
 
 def _overlap(start: int, end: int, ranges: list[list[int]]) -> list[tuple[int, int]]:

@@ -176,10 +176,16 @@ class SnowflakeSink(Strict):
 
 class KafkaSink(Strict):
     """A channel to other pipelines: each table's records go to a Kafka topic (the table's ``topic``, default
-    ``{pipeline}.{table}``) as JSON lines, read downstream by ``kafka_input`` exactly once (``docs/channels.md``)."""
+    ``{pipeline}.{table}``) as Arrow IPC streams (or JSON lines, for other consumers), read downstream by
+    ``kafka_input`` exactly once (``docs/channels.md``)."""
 
     kind: Literal["kafka"] = Field(description="kafka: a channel to other pipelines.")
     connection: str = Field(description="Name of a kafka connection of the pipeline.")
+    encoding: Literal["arrow", "json"] = Field(
+        default="arrow",
+        description="How a message holds its records: arrow (one Arrow IPC stream; kafka_input reads it without "
+        "parsing) or json (JSON lines, for other consumers).",
+    )
     max_message_bytes: int = Field(
         default=900_000,
         ge=1024,

@@ -1,7 +1,7 @@
 """A Kafka channel between two pipelines, exactly once end to end, on a real broker (tansu).
 
-Upstream: ``file_input`` -> sink ``{kind: kafka}`` (JSON lines, many records per message, channel headers).
-Downstream: ``kafka_input`` -> DuckDB, dropping records its writer sent again. Each pipeline has its own project
+Upstream: ``file_input`` -> sink ``{kind: kafka}`` (Arrow IPC by default, or JSON lines; many records per message,
+channel headers). Downstream: ``kafka_input`` -> DuckDB, dropping records its writer sent again. Each pipeline has its own project
 file and state folder, as two deployments would.
 """
 
@@ -25,7 +25,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from clients_for_tests import RealClients, open_reader, read_until_end
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from connector_cli.main import cli
 from connector_core import channel
@@ -33,8 +33,9 @@ from connector_core.ingest import IngestSession
 from connector_core.pipeline import Pipeline
 from connector_core.project import ProjectFileError, load_project, parse_project
 from connector_core.sinks import SinkError, SinkMark
-from connector_core.sinks.kafka import KafkaSink, message_bounds
+from connector_core.sinks.kafka import KafkaSink, message_bounds, read_arrow_message
 from connector_core.sinks.state_marks import ConnectorMarks
+from connector_core.transports.base import TransportError
 
 REPO = Path(__file__).resolve().parent.parent
 COLUMNS = {"id": "BIGINT", "payload": "VARCHAR"}
@@ -152,6 +153,25 @@ def topic_messages(bootstrap: str, topic: str, seconds: float = 20) -> list[Any]
     return messages
 
 
+def message_records(message: Any) -> list[Any]:
+    """The records of a channel message, whatever its encoding: dicts of Arrow rows, JSON values of lines."""
+    headers = channel.ChannelHeaders.decode(message.headers())
+    if headers is not None and headers.encoding == channel.ARROW:
+        return read_arrow_message(message.value()).to_pylist()
+    return [json.loads(line) for line in message.value().split(b"\n")]
+
+
+def read_ids(results: list[Any]) -> list[int]:
+    """The ``id`` of every record of reads, in order: rows of Arrow tables, JSON lines of bytes."""
+    ids: list[int] = []
+    for result in results:
+        if isinstance(result.data, pa.Table):
+            ids += result.data["id"].to_pylist()
+        else:
+            ids += [json.loads(line)["id"] for line in (result.data or b"").splitlines()]
+    return ids
+
+
 def downstream_ids(folder: Path) -> tuple[int, int, int, int]:
     """count, distinct ids, min and max id of the downstream table."""
     with duckdb.connect(str(folder / "down.duckdb"), read_only=True) as conn:
@@ -182,10 +202,13 @@ def test_every_record_crosses_the_channel_once_in_multi_record_messages(tmp_path
     assert all(h is not None and h.writer == writer and h.pipeline == "up" and h.table == "t" for h in headers)
     assert [h.batch for h in headers if h.part == 0] == [1, 2, 3]  # three batches, each in several parts
     assert all(h.parts > 1 and 0 <= h.part < h.parts for h in headers)
+    assert all(h.encoding == channel.ARROW for h in headers), "Arrow IPC by default"
     assert all(len(m.value()) <= 8_000 for m in messages)
     assert [m.key() for m in messages] == [writer.encode()] * len(messages)
-    counts = [len(m.value().split(b"\n")) for m in messages]
+    sent = [message_records(m) for m in messages]
+    counts = [len(rows) for rows in sent]
     assert counts == [h.records for h in headers] and min(counts) > 1 and sum(counts) == records
+    assert [row["id"] for rows in sent for row in rows] == list(range(records))
     assert [h.first_record for h in headers] == [sum(counts[:i]) for i in range(len(counts))]
 
     assert connectors(down, "setup", "down")["response_code"] == "OK"
@@ -240,20 +263,21 @@ def memory_sink(
     return sink, topic
 
 
+@pytest.mark.parametrize(("encoding", "message_bytes"), [("json", 100), ("arrow", 1_000)])
 def test_json_lines_are_cast_and_sent_in_one_pass_and_a_record_that_does_not_fit_is_refused(
-    kafka_bootstrap: str,
+    kafka_bootstrap: str, encoding: str, message_bytes: int
 ) -> None:
     from connector_core.formats import screen_lines
 
     marks = MemoryMarks()
-    sink, topic = memory_sink(kafka_bootstrap, marks, COLUMNS, max_message_bytes=100)
+    sink, topic = memory_sink(kafka_bootstrap, marks, COLUMNS, max_message_bytes=message_bytes, encoding=encoding)
     sink.ensure_table("t", COLUMNS, None)
     assert sink.reads_json()
 
     def mark_for(records: int) -> SinkMark:
         return SinkMark("w1", {"line": 12}, 1, records, 0)
 
-    lines = [json.dumps({"id": str(i), "payload": f"p{i}", "extra": True}) for i in range(10)]
+    lines = [json.dumps({"id": str(i), "payload": f"p{i}" * 20, "extra": True}) for i in range(10)]
     data = "\n".join([*lines[:4], '{"id": "not a number"}', *lines[4:]]).encode() + b"\n"
     assert sink.write_json_lines("t", data, mark_for) is None, "refused as a whole: nothing is sent"
     screen = sink.json_reader("t").screen
@@ -265,17 +289,26 @@ def test_json_lines_are_cast_and_sent_in_one_pass_and_a_record_that_does_not_fit
 
     messages = topic_messages(kafka_bootstrap, topic)
     headers = [channel.ChannelHeaders.decode(m.headers()) for m in messages]
-    assert len(messages) > 1 and all(len(m.value()) <= 100 for m in messages)
+    assert len(messages) > 1 and all(len(m.value()) <= message_bytes for m in messages)
+    assert all(h is not None and h.encoding == encoding for h in headers)
     assert [h.first_record for h in headers if h] == [
         sum(h.records for h in headers[:i] if h) for i in range(len(headers))
     ]
-    sent = [json.loads(line) for m in messages for line in m.value().split(b"\n")]
-    assert sent == [{"id": i, "payload": f"p{i}"} for i in range(10)], "cast to the columns, in order"
+    sent = [record for m in messages for record in message_records(m)]
+    assert sent == [{"id": i, "payload": f"p{i}" * 20} for i in range(10)], "cast to the columns, in order"
 
 
-def test_a_batch_sent_again_is_dropped_by_the_reader_even_when_it_grew(kafka_bootstrap: str) -> None:
+@pytest.mark.parametrize("encoding", ["arrow", "json"])
+def test_a_batch_sent_again_is_dropped_by_the_reader_even_when_it_grew(kafka_bootstrap: str, encoding: str) -> None:
     marks = MemoryMarks()
-    sink, topic = memory_sink(kafka_bootstrap, marks, COLUMNS, pipeline="up", max_message_bytes=200)
+    sink, topic = memory_sink(
+        kafka_bootstrap,
+        marks,
+        COLUMNS,
+        pipeline="up",
+        max_message_bytes=200 if encoding == "json" else 700,
+        encoding=encoding,
+    )
     sink.ensure_table("t", COLUMNS, None)
 
     def rows(ids: range) -> pa.Table:
@@ -297,23 +330,95 @@ def test_a_batch_sent_again_is_dropped_by_the_reader_even_when_it_grew(kafka_boo
         write(range(60, 70), 3)  # a second run racing on the same batch is refused before sending
     sink.close()
 
-    sent = sum(len(m.value().split(b"\n")) for m in topic_messages(kafka_bootstrap, topic))
+    messages = topic_messages(kafka_bootstrap, topic)
+    assert len(messages) > 4, "several messages per batch"
+    sent = sum(len(message_records(m)) for m in messages)
     assert sent == 90, "20 records were sent twice"
     assert sorted(sink.read_table("t")["id"]) == list(range(70))
 
     config = {"bootstrap.servers": kafka_bootstrap, "topic": topic, "enable.partition.eof": True}
     reader = open_reader("kafka_input", config, {"name": "json"})
     results = read_until_end(reader, max_records=7, as_stored=True)
-    ids = [json.loads(line)["id"] for r in results for line in (r.data or b"").splitlines()]
-    assert ids == list(range(70)), "each record once, in order, whatever the batch bounds"
+    assert all(isinstance(r.data, pa.Table) == (encoding == "arrow") for r in results if r.data is not None)
+    assert read_ids(results) == list(range(70)), "each record once, in order, whatever the batch bounds"
     assert results[-1].position["writers"] == {"w1": 70}
     assert all(r.transport_errors == [] for r in results)
 
     again = open_reader("kafka_input", config, {"name": "json"})  # an older position, stored in the old shape
     older = read_until_end(again, position={"0": 0}, as_stored=True)
-    assert sum(len((r.data or b"").splitlines()) for r in older) == 70
+    assert read_ids(older) == list(range(70))
     reader.close()
     again.close()
+
+
+def test_a_reader_takes_arrow_json_and_plain_messages_in_order_one_kind_per_batch(kafka_bootstrap: str) -> None:
+    """Writers of both encodings (and a plain producer) on one topic: every record once, in order; a batch holds
+    one kind (JSON lines, or Arrow with one schema), so an Arrow batch reaches the sink as one table."""
+    marks = MemoryMarks()
+    arrow_sink, topic = memory_sink(kafka_bootstrap, marks, COLUMNS, max_message_bytes=1_000)
+    arrow_sink.ensure_table("t", COLUMNS, None)
+    json_sink = KafkaSink(
+        {"bootstrap.servers": kafka_bootstrap},
+        topics={"t": topic},
+        columns={"t": COLUMNS},
+        marks=ConnectorMarks(marks.read, marks.records_of_table),
+        encoding="json",
+    )
+
+    def rows(ids: range, **more: Any) -> pa.Table:
+        return pa.table({"id": pa.array(ids, pa.int64()), "payload": [f"p{i}" for i in ids], **more})
+
+    def write(sink: KafkaSink, writer: str, table: pa.Table) -> None:
+        previous = marks.read(writer) or SinkMark(writer, None, 0, 0, 0)
+        mark = SinkMark(writer, {}, previous.batch_seq + 1, previous.total_records + table.num_rows, 0)
+        sink.write("t", table, mark)
+        marks.marks[writer] = mark
+
+    write(arrow_sink, "w1", rows(range(0, 10)))
+    write(json_sink, "w2", rows(range(10, 20)))
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(topic, value=json.dumps({"id": 20, "payload": "plain"}).encode())
+    producer.flush(10)
+    nulls = pa.array([None] * 5, pa.int32())
+    write(arrow_sink, "w3", rows(range(21, 26), more=nulls))  # another schema
+    write(arrow_sink, "w1", rows(range(26, 30)))
+    arrow_sink.close()
+    json_sink.close()
+
+    config = {"bootstrap.servers": kafka_bootstrap, "topic": topic, "enable.partition.eof": True}
+    reader = open_reader("kafka_input", config, {"name": "json"})
+    results = [r for r in read_until_end(reader, as_stored=True) if r.data is not None]
+    reader.close()
+    assert read_ids(results) == list(range(30)), "every record once, in order"
+    kinds = [r.data.schema.names if isinstance(r.data, pa.Table) else "lines" for r in results]
+    assert kinds == [["id", "payload"], "lines", ["id", "payload", "more"], ["id", "payload"]]
+    assert [r.data.num_rows for r in results if isinstance(r.data, pa.Table)] == [10, 5, 4]
+    assert results[-1].position["writers"] == {"w1": 14, "w2": 10, "w3": 5}
+
+
+@pytest.mark.parametrize(
+    ("encoding", "value", "expected"),
+    [
+        ("arrow", b"not an arrow stream", "not an Arrow IPC stream"),
+        ("parquet", b"PAR1", "in encoding 'parquet', which this reader cannot read"),
+    ],
+)
+def test_a_channel_message_that_is_not_what_its_headers_say_stops_the_reader(
+    kafka_bootstrap: str, encoding: str, value: bytes, expected: str
+) -> None:
+    sink, topic = memory_sink(kafka_bootstrap, MemoryMarks(), COLUMNS)
+    sink.ensure_table("t", COLUMNS, None)
+    headers = channel.ChannelHeaders("w", 0, 1, 1, 0, 1, encoding=encoding).encode()
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(topic, value=value, key=b"w", headers=headers)
+    producer.flush(10)
+    config = {"bootstrap.servers": kafka_bootstrap, "topic": topic, "enable.partition.eof": True}
+    reader = open_reader("kafka_input", config, {"name": "json"})
+    try:
+        with pytest.raises(TransportError, match=expected):
+            read_until_end(reader)
+    finally:
+        reader.close()
 
 
 def test_a_message_lost_before_a_later_one_of_its_batch_is_taken_from_the_resend() -> None:
@@ -333,6 +438,40 @@ def test_a_message_lost_before_a_later_one_of_its_batch_is_taken_from_the_resend
     lines = b"\n".join(str(n).encode() for n in range(5, 35))
     assert resend.select(lines, 30).split(b"\n") == [str(n).encode() for n in (*range(10, 20), *range(30, 35))]
     assert stored.keep(message(10, 10, 2)).count == 0, "a second resend brings nothing new"
+
+
+def test_arrow_messages_keep_the_column_types_and_the_downstream_casts_to_its_columns(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    topic = f"ch_{uuid.uuid4().hex[:10]}"
+    typed = {"id": "INTEGER", "ok": "BOOLEAN", "price": "DOUBLE", "day": "DATE", "at": "TIMESTAMP", "code": "VARCHAR"}
+    up = upstream_project(kafka_bootstrap, topic, batch=2, message_bytes=10_000)
+    up["pipelines"]["up"]["tables"]["t"]["columns"] = typed
+    down = downstream_project(kafka_bootstrap, topic, batch=10)
+    down["pipelines"]["down"]["tables"]["t"]["columns"] = {**typed, "id": "BIGINT", "code": "BIGINT"}
+    records = [
+        {"id": 1, "ok": True, "price": 0.5, "day": "2024-02-29", "at": "2024-02-29 12:34:56.789", "code": "12"},
+        {"id": 2, "ok": None, "price": None, "day": None, "at": None, "code": None},
+        {"id": 3, "ok": False, "price": -1e300, "day": "1970-01-01", "at": "1970-01-01 00:00:00", "code": "x"},
+    ]
+    (tmp_path / "up").mkdir()
+    (tmp_path / "up" / "source.json").write_text("".join(json.dumps(r) + "\n" for r in records))
+    up_file, down_file = write_project(tmp_path / "up", up), write_project(tmp_path / "down", down)
+    connectors(up_file, "setup", "up")
+    assert connectors(up_file, "run", "up")["records"] == 3
+    messages = topic_messages(kafka_bootstrap, topic)
+    sent = read_arrow_message(messages[0].value())
+    assert sent.schema.field("day").type == pa.date32() and sent.schema.field("at").type == pa.timestamp("us")
+    assert sent.schema.field("id").type == pa.int32(), "the upstream table's types travel as they are"
+
+    connectors(down_file, "setup", "down")
+    ran = connectors(down_file, "run", "down")
+    assert ran["records"] == 2, "the record whose code is no number does not fit the downstream table"
+    with duckdb.connect(str(tmp_path / "down" / "down.duckdb"), read_only=True) as conn:
+        rows = conn.execute(
+            'SELECT id, ok, price, CAST(day AS VARCHAR), CAST("at" AS VARCHAR), code FROM main."t" ORDER BY id'
+        ).fetchall()
+    assert rows == [(1, True, 0.5, "2024-02-29", "2024-02-29 12:34:56.789", 12), (2, None, None, None, None, None)]
 
 
 def test_an_older_copy_of_the_upstream_state_resends_and_nothing_lands_twice(
@@ -363,7 +502,7 @@ def test_an_older_copy_of_the_upstream_state_resends_and_nothing_lands_twice(
     shutil.copyfile(old_copy, state_file)
     assert connectors(up, "run", "up")["records"] == records - 600, "everything after batch 2 sent again"
 
-    sent = sum(len(m.value().split(b"\n")) for m in topic_messages(kafka_bootstrap, topic))
+    sent = sum(len(message_records(m)) for m in topic_messages(kafka_bootstrap, topic))
     assert sent == 2 * records - 600
     connectors(down, "setup", "down")
     assert connectors(down, "run", "down")["records"] == records
@@ -379,9 +518,9 @@ KILL_PHASE_SECONDS = 36  # stop killing after this long, whatever the count
 #: delivery to the broker and its state commit, so that random kills also land there (a resend follows).
 SLOW_STATE_COMMIT = """
 import time
-from connector_core.state import ConnectorState
+from connector_core.state import SQLiteConnectorState
 
-state_commit = ConnectorState.commit_batch
+state_commit = SQLiteConnectorState.commit_batch
 
 
 def slow_state_commit(self, batch):
@@ -389,7 +528,7 @@ def slow_state_commit(self, batch):
     state_commit(self, batch)
 
 
-ConnectorState.commit_batch = slow_state_commit
+SQLiteConnectorState.commit_batch = slow_state_commit
 """
 
 
@@ -465,7 +604,7 @@ def test_kill_9_on_either_side_at_random_moments_neither_loses_nor_duplicates(
     write_project(tmp_path / "down", downstream_project(kafka_bootstrap, topic, batch=400, eof=True))
     assert connectors(down, "run", "down")["response_code"] == "OK", f"seed {seed}"
 
-    sent = sum(len(m.value().split(b"\n")) for m in topic_messages(kafka_bootstrap, topic))
+    sent = sum(len(message_records(m)) for m in topic_messages(kafka_bootstrap, topic))
     context = f"kills {kills}, {sent} records sent for {KILL_RECORDS} (seed {seed})"
     assert downstream_ids(tmp_path / "down") == (KILL_RECORDS, KILL_RECORDS, 0, KILL_RECORDS - 1), context
     opened = Pipeline(load_project(up), "up")

@@ -1,7 +1,8 @@
 """Command processors with real programs in JavaScript (node), Java (single-file source launch), Python and jq, over
 the three protocols: a long-lived program is started once per connector per run, gets its args, and every way it
 can fail (raise, exit, hang, garbage) names the processor with its stderr tail, kills it and lets the next batch
-start it again. There is no ``apache-arrow`` npm package here, so the arrow protocol is exercised in Python only."""
+start it again. The arrow protocol is exercised in Python, and in node with ``processors/node/identity_arrow.mjs``
+(its ``apache-arrow`` is installed by ``.ci/run``)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from connector_core.ingest import IngestSession
 from connector_core.pipeline import Pipeline
+from connector_core.processors import load_processor
 from connector_core.project import load_project
 
+REPO = Path(__file__).resolve().parent.parent
+NODE_ARROW = REPO / "processors" / "node" / "identity_arrow.mjs"
 RECORDS = 50
 BATCH = 10
 
@@ -269,6 +274,44 @@ def test_a_python_arrow_processor_keeps_types_and_gets_its_args(tmp_path: Path, 
     assert records == [0, 5, 10, 10, 10]
     frame = session.sink.read_table("t")
     assert sorted(frame["id"]) == list(range(15, RECORDS)) and frame["pid"].nunique() == 1
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_node_arrow_identity_processor_gives_every_batch_back_unchanged(tmp_path: Path) -> None:
+    if not (NODE_ARROW.parent / "node_modules" / "apache-arrow").is_dir():
+        pytest.skip(f"apache-arrow is not installed: npm ci --prefix {NODE_ARROW.parent} (.ci/run does)")
+    pipeline = open_project(
+        tmp_path,
+        f"same: {{kind: command, command: [node, {NODE_ARROW}], protocol: arrow, timeout_seconds: 60}}",
+        "[{use: same}]",
+        "{id: BIGINT}",
+        {},
+    )
+    (use,) = pipeline.spec.processor_uses(pipeline.spec.tables["t"].connectors[0])
+    step = load_processor(use, pipeline, "t.c")
+    batches = [
+        pa.table({"id": pa.array(range(5), pa.int64()), "name": [f"item {i}" for i in range(5)]}),
+        pa.table(
+            {
+                "id": pa.array([1, None, 3, None], pa.int64()),
+                "name": ["plain", None, 'ünïcödé, "quoted"\n', ""],
+                "price": pa.array([0.5, None, -1e300, 2.0], pa.float64()),
+                "flag": pa.array([True, None, False, True]),
+                "at": pa.array([0, None, 1_700_000_000_000_000, -1], pa.timestamp("us", tz="UTC")),
+                "tags": pa.array([["a"], None, [], ["b", None]], pa.list_(pa.string())),
+            }
+        ),
+        pa.concat_tables([pa.table({"id": pa.array(range(n, n + 40_000), pa.int64())}) for n in (0, 40_000)]),
+    ]
+    try:
+        pids = set()
+        for batch in batches:
+            answer = step(batch)
+            assert answer.schema.remove_metadata() == batch.schema and answer.equals(batch), "unchanged"
+            pids.add(step._child.process.pid)  # type: ignore[attr-defined]
+        assert len(pids) == 1, "one program for every batch of the run"
+    finally:
+        step.close()
 
 
 TROUBLE_CASES = {

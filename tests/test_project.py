@@ -227,3 +227,21 @@ def test_project_file_discovery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("CONNECTORS_PROJECT_FILE", str(from_env))
     assert list(load_project().pipelines) == ["from_env"]
     assert list(load_project(in_cwd).pipelines) == ["example"]  # an explicit path wins
+
+
+def test_a_kafka_channel_chooses_its_encoding_and_a_postgres_state_names_a_postgres_connection() -> None:
+    data = base()
+    pipeline = data["pipelines"]["example"]
+    pipeline["connections"]["bus"] = {"kind": "kafka", "config": {"bootstrap.servers": "127.0.0.1:9092"}}
+    pipeline["sink"] = {"kind": "kafka", "connection": "bus"}
+    assert parse_project(copy.deepcopy(data)).pipeline("example").sink.encoding == "arrow"  # type: ignore[union-attr]
+    pipeline["sink"]["encoding"] = "json"
+    assert parse_project(copy.deepcopy(data)).pipeline("example").sink.encoding == "json"  # type: ignore[union-attr]
+    pipeline["sink"]["encoding"] = "avro"
+    assert "pipelines.example.sink.encoding: Input should be 'arrow' or 'json'" in problems(copy.deepcopy(data))
+
+    state = base()
+    state["pipelines"]["example"]["state"] = {"kind": "postgres", "connection": "pg", "schema": "connectors"}
+    assert parse_project(copy.deepcopy(state)).pipeline("example").state.kind == "postgres"
+    state["pipelines"]["example"]["state"]["connection"] = "nope"
+    assert "state.connection: no connection 'nope' (connections: pg); add it with kind: postgres" in problems(state)

@@ -196,3 +196,40 @@ def test_backup_and_restore_say_the_database_keeps_postgres_state(tmp_path: Path
     assert refused.response_code == "INTERNAL_ERROR" and "keeps its state in PostgreSQL" in refused.message
     pipeline.close()
     assert not (tmp_path / ".connectors-backups").exists() and not (tmp_path / ".connectors").exists()
+
+
+def test_no_secret_lands_in_the_postgres_state(
+    tmp_path: Path, postgres_state: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sentinel = "Sentinel-Pa55word-7f3c"
+    dsn = os.environ[STATE_DSN_ENV].replace("user=postgres", f"user=postgres password={sentinel}")
+    assert sentinel in dsn, "the state DSN carries the password (trust auth ignores it)"
+    monkeypatch.setenv(STATE_DSN_ENV, dsn)
+    monkeypatch.setenv("BROKEN_DSN", f"postgresql://postgres:{sentinel}@127.0.0.1:1/postgres")
+    data = with_state_backend(
+        {
+            "pipelines": {
+                "p": {
+                    "sink": {"kind": "duckdb", "path": str(tmp_path / "w.duckdb")},
+                    "connections": {"broken": {"kind": "postgres", "dsn": {"env": "BROKEN_DSN"}}},
+                    "tables": {"a": {"connectors": [{"name": "c", "transport": {"name": "datagen"}}]}},
+                }
+            }
+        }
+    )
+    pipeline = Pipeline(parse_project(data, path=tmp_path / "connectors.yaml"), "p")
+    life = Lifecycle(pipeline, build_clients(pipeline))
+    assert life.configure().ok
+    failed = life.connect()  # the broken connection's error is stored as an event
+    assert failed.response_code == "CONNECTION_FAILED" and sentinel not in failed.message
+    pipeline.connector("a", "c").state.record_transport_error(f"could not reach {dsn}")
+    pipeline.close()
+    with psycopg.connect(os.environ[STATE_DSN_ENV]) as conn:
+        tables = [
+            row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (postgres_state,))
+        ]
+        stored = " ".join(
+            str(row) for table in tables for row in conn.execute(f'SELECT * FROM "{postgres_state}"."{table}"')
+        )
+    assert "could not reach" in stored, "the message was stored (its secret masked)"
+    assert sentinel not in stored, "no secret in any table of the PostgreSQL state"

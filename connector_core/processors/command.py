@@ -10,7 +10,8 @@ connector per run (at its first batch) and feed it batch after batch over stdin/
   as JSON lines followed by the same marker. Records are JSON objects, so a line starting with ``[`` can only be
   a marker.
 - arrow: first an Arrow IPC stream holding one row with one string column ``args`` (the args as JSON); then per
-  batch one Arrow IPC stream (schema, record batches, end-of-stream) each way.
+  batch one Arrow IPC stream (schema with the metadata ``connector.batch``: N, record batches of at most
+  :data:`ENCODE_ROWS` rows, end-of-stream) each way.
 
 Every protocol also gets the args as JSON in the variable ``CONNECTOR_PROCESSOR_ARGS`` and runs in the project
 folder with the minimal environment (:func:`connector_core.secrets.child_environment`) plus ``env``. A program
@@ -18,7 +19,8 @@ that exits, hangs past ``timeout_seconds`` or writes something that is not a bat
 :class:`ProcessorError` carrying its stderr tail; it is killed, and the next batch starts it again.
 
 Speed (``benchmarks/processors.py``): a long-lived program gets its batch from a writer thread, encoded in slices
-of :data:`ENCODE_ROWS` rows, so it works on the first slice while the next ones are encoded; its answer is read
+of :data:`ENCODE_ROWS` rows (JSON lines, or an IPC stream's record batches), so it works on the first slice while
+the next ones are encoded; its answer is read
 in blocks of up to :data:`_READ_BLOCK` from pipes widened to :data:`_PIPE_BYTES`, the marker looked for in each
 new block only. A jsonl program that is a connector's last step hands its answer on as written
 (:meth:`JsonLinesStep.answer_lines`): a sink that reads JSON itself loads it without an Arrow step.
@@ -63,7 +65,7 @@ _JSON = Format(name="json")
 _READ_BLOCK = 1 << 20
 #: Room asked for in each pipe to a long-lived program (Linux gives 64 KB unless asked).
 _PIPE_BYTES = 1 << 20
-#: Rows per slice of a batch encoded as JSON lines for a ``jsonl`` program.
+#: Rows per slice of a batch encoded for a long-lived program (JSON lines; the record batches of an IPC stream).
 ENCODE_ROWS = 65_536
 
 
@@ -461,9 +463,17 @@ class ArrowStep(_LongLivedStep):
         return _ipc_stream(pa.table({"args": [json.dumps(self._use.args)]}))
 
     def _encode(self, tables: Iterable[pa.Table], number: int) -> Iterator[bytes]:
+        """One IPC stream, handed out record batch by record batch (slices of :data:`ENCODE_ROWS` rows): the
+        program reads the first while the next ones are encoded."""
         table = pa.concat_tables(tables)
         metadata = {**(table.schema.metadata or {}), b"connector.batch": str(number).encode()}
-        yield _ipc_stream(table.replace_schema_metadata(metadata))
+        table = table.replace_schema_metadata(metadata)
+        pieces = _Pieces()
+        with ipc.new_stream(pieces, table.schema) as writer:
+            for batch in table.to_batches(max_chunksize=ENCODE_ROWS):
+                writer.write_batch(batch)
+                yield pieces.take()
+        yield pieces.take()  # the end-of-stream marker (and the schema, for a table without record batches)
 
     def _answer(self, child: _Child, like: pa.Schema) -> pa.Table:
         stdout = child.process.stdout
@@ -474,6 +484,31 @@ class ArrowStep(_LongLivedStep):
         if head != b"\xff":  # every IPC message starts with the continuation marker 0xFFFFFFFF
             raise _Broken(f"output starting with {stdout.peek(16)[:16]!r}, not an Arrow IPC stream")  # type: ignore[attr-defined]
         return ipc.open_stream(stdout).read_all()
+
+
+class _Pieces:
+    """A file-like sink of an IPC writer that keeps what was written until :meth:`take` (pyarrow hands it the
+    record batch's buffers without a copy)."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self._parts: list[bytes | pa.Buffer] = []
+
+    def write(self, data: bytes | pa.Buffer) -> int:
+        self._parts.append(data)
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing to flush."""
+
+    def close(self) -> None:
+        self.closed = True
+
+    def take(self) -> bytes:
+        """What was written since the last call, as one piece."""
+        parts, self._parts = self._parts, []
+        return b"".join(parts)
 
 
 def _ipc_stream(table: pa.Table) -> bytes:

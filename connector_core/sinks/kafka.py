@@ -1,8 +1,10 @@
 """The channel writer: a sink ``{kind: kafka, connection: NAME}`` that puts each table's records on a Kafka topic.
 
-A table goes to its ``topic`` (default ``{pipeline}.{table}``) as JSON lines, many records per message: a batch is
-cut into messages of at most ``max_message_bytes`` of values (one record larger than that travels alone), produced
-with the connection's librdkafka settings, flushed, and every delivery report awaited. Any failure is a
+A table goes to its ``topic`` (default ``{pipeline}.{table}``), many records per message: a batch is cut into
+messages of at most ``max_message_bytes`` of record data (one record larger than that travels alone), each one Arrow
+IPC stream (``encoding: arrow``, the default: ``kafka_input`` reads it without parsing anything) or JSON lines
+(``encoding: json``, for consumers of other makes), produced with the connection's librdkafka settings, flushed,
+and every delivery report awaited. Any failure is a
 :class:`SinkError`: the batch is not committed and the next batch sends it again.
 
 **The mark lives in the connector's state**, not in the broker: :meth:`KafkaSink.mark` answers the connector
@@ -29,14 +31,16 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
 import pyarrow.json as pa_json
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from connector_core.channel import ChannelHeaders, MalformedHeaders, WriterProgress
+from connector_core.channel import ARROW, ENCODINGS, ChannelHeaders, MalformedHeaders, WriterProgress
 from connector_core.clients import ConnectionClients
 from connector_core.column_types import arrow_schema
-from connector_core.formats import RecordError, RecordReader
+from connector_core.formats import RecordError, RecordReader, conform
 from connector_core.sinks.base import SinkError, SinkMark
 from connector_core.sinks.duckdb import DuckDBSink, _rejected_records, _scratch_file
 from connector_core.sinks.state_marks import ConnectorMarks, StateMarkedSink, connector_marks
@@ -47,6 +51,8 @@ if TYPE_CHECKING:
 #: Bytes of record values per message by default: under the 1 MB that brokers and librdkafka take by default,
 #: leaving room for headers and the record batch's own bytes.
 DEFAULT_MAX_MESSAGE_BYTES = 900_000
+#: How messages hold their records unless the sink says otherwise (:data:`connector_core.channel.ENCODINGS`).
+DEFAULT_ENCODING = ARROW
 #: Producer settings applied unless the connection sets them.
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,  # no duplicate and no reordering from the producer's own retries
@@ -55,8 +61,8 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.gapless.guarantee": True,
     "linger.ms": 5,
     "message.timeout.ms": 60_000,  # a message not delivered by then fails the batch
-    # JSON lines shrink about 4x: less for the broker to store and serve, and the reader's fetches carry 4x the
-    # records (measured on tansu: see docs/channels.md, Performance).
+    # JSON lines shrink about 4x, Arrow about 2x: less for the broker to store and serve, and the reader's fetches
+    # carry that many more records (measured on tansu: see docs/channels.md, Performance).
     "compression.type": "lz4",
 }
 #: Seconds to wait for the cluster's metadata or a topic creation.
@@ -81,10 +87,11 @@ log.addFilter(_KnownConfigWarnings())
 
 
 class KafkaSink(StateMarkedSink):
-    """Tables as Kafka topics of JSON lines; marks in the connectors' state (see the module docstring).
+    """Tables as Kafka topics; marks in the connectors' state (see the module docstring).
 
     ``topics``: table -> topic; ``columns``: table -> declared columns (``None``: inferred from the first batch);
-    ``partitions``: of a topic this sink creates (an existing topic is used as it is).
+    ``partitions``: of a topic this sink creates (an existing topic is used as it is); ``encoding``: of the
+    messages, ``arrow`` (Arrow IPC streams) or ``json`` (JSON lines).
     """
 
     kind = "kafka"
@@ -98,8 +105,12 @@ class KafkaSink(StateMarkedSink):
         pipeline: str = "",
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         partitions: int = 1,
+        encoding: str = DEFAULT_ENCODING,
     ) -> None:
         super().__init__(columns, marks)
+        if encoding not in ENCODINGS:
+            raise SinkError(f"Kafka sink: unknown encoding {encoding!r}; known: {', '.join(ENCODINGS)}")
+        self.encoding = encoding
         self.connection_settings = dict(connection_settings)
         self.topics = topics
         self.pipeline = pipeline
@@ -214,7 +225,7 @@ class KafkaSink(StateMarkedSink):
         return schema
 
     def write(self, table: str, rows: pa.Table, mark: SinkMark) -> None:
-        """Produce ``rows`` to the table's topic as JSON lines and wait for every delivery report.
+        """Produce ``rows`` to the table's topic (Arrow IPC or JSON lines) and wait for every delivery report.
 
         Records are numbered from the connector's committed total: the first is ``mark.total_records -
         rows.num_rows``. The mark itself is committed afterwards by the connector's state commit; a mark that does
@@ -223,7 +234,10 @@ class KafkaSink(StateMarkedSink):
         if not rows.num_rows:
             return
         self._create_topic(table)
-        self._send(table, json_line_pieces(rows, self._json_db()), mark)
+        if self.encoding == ARROW:
+            self._send(table, arrow_messages(rows, self.max_message_bytes), mark)
+        else:
+            self._send(table, json_messages(json_line_pieces(rows, self._json_db()), self.max_message_bytes), mark)
 
     # ---------------------------------------------------------------------------------- JSON lines, one pass
     def reads_json(self) -> bool:
@@ -231,26 +245,32 @@ class KafkaSink(StateMarkedSink):
         return True
 
     def write_json_lines(self, table: str, data: bytes | memoryview, mark_for: Callable[[int], SinkMark]) -> int | None:
-        """Send JSON lines as the table's records: DuckDB's ``read_json`` reads them into the table's columns and
-        ``to_json`` writes each record again, in one pass in an in-memory database (no Arrow step); then as
-        :meth:`write` does. The records sent, or ``None`` (nothing sent) when DuckDB rejects one (its screen,
+        """Send JSON lines as the table's records: DuckDB's ``read_json`` reads them into the table's columns, in an
+        in-memory database; the result is sent as Arrow (``encoding: arrow``) or written as JSON again by
+        ``to_json`` in the same query (``encoding: json``); then as :meth:`write` does. The records sent, or ``None`` (nothing sent) when DuckDB rejects one (its screen,
         :meth:`json_reader`, then finds which). The casting rules are the DuckDB sink's: the same SQL
         (:class:`~connector_core.sinks.duckdb.DuckDBSink`), so a record fits here as it fits a DuckDB table."""
         self.check_follows(mark_for(0))
         self._create_topic(table)
         source = self._json_tables(table)._read_json_sql(table)
+        arrow = self.encoding == ARROW
+        select = "*" if arrow else _TO_JSON_LINE.format("r")
         with _scratch_file(data) as path:
             try:
                 with _rejected_records():
-                    result = self._json_db().sql(f"SELECT {_TO_JSON_LINE.format('r')} FROM ({source(path)}) r")
-                    lines = result.to_arrow_table()
+                    result = self._json_db().sql(f"SELECT {select} FROM ({source(path)}) r").to_arrow_table()
             except RecordError:
                 return None
             except duckdb.Error as exc:
-                raise SinkError(f"Kafka sink: cannot write the records as JSON: {exc}") from exc
-        if lines.num_rows:
-            self._send(table, _pieces(lines), mark_for(lines.num_rows))
-        return lines.num_rows
+                raise SinkError(f"Kafka sink: cannot read the records: {exc}") from exc
+        if result.num_rows:
+            messages = (
+                arrow_messages(result, self.max_message_bytes)
+                if arrow
+                else json_messages(_pieces(result), self.max_message_bytes)
+            )
+            self._send(table, messages, mark_for(result.num_rows))
+        return result.num_rows
 
     def json_reader(self, table: str) -> RecordReader:
         """DuckDB's ``read_json`` into the table's columns, with its screen (the DuckDB sink's, on the in-memory
@@ -279,16 +299,11 @@ class KafkaSink(StateMarkedSink):
         return self._json_sink
 
     # ----------------------------------------------------------------------------------------------- sending
-    def _send(self, table: str, pieces: list[tuple[pa.Buffer, np.ndarray]], mark: SinkMark) -> None:
-        """Produce the records (JSON lines: ``pieces`` of bytes and the offsets of each record in them, in order)
-        as channel messages numbered from ``mark.total_records - records``; wait for every delivery report
-        (:class:`SinkError` when one fails). A message holds records of one piece."""
-        records = sum(len(offsets) - 1 for _, offsets in pieces)
-        parts = [
-            (values, offsets, start, end)
-            for values, offsets in pieces
-            for start, end in message_bounds(offsets, self.max_message_bytes)
-        ]
+    def _send(self, table: str, messages: list[tuple[pa.Buffer, int]], mark: SinkMark) -> None:
+        """Produce the ``messages`` (each a value in the sink's encoding and its record count, in order) as channel
+        messages numbered from ``mark.total_records - records``; wait for every delivery report (:class:`SinkError`
+        when one fails)."""
+        records = sum(count for _, count in messages)
         first_record = mark.total_records - records
         producer = self._producer_or_new()
         failures: list[str] = []
@@ -298,21 +313,20 @@ class KafkaSink(StateMarkedSink):
                 failures.append(error.str())
 
         topic, key = self.topic(table), mark.connector_id.encode()
-        for part, (values, offsets, start, end) in enumerate(parts):
+        for part, (value, count) in enumerate(messages):
             headers = ChannelHeaders(
                 writer=mark.connector_id,
                 first_record=first_record,
-                records=end - start,
+                records=count,
                 batch=mark.batch_seq,
                 part=part,
-                parts=len(parts),
+                parts=len(messages),
                 pipeline=self.pipeline,
                 table=table,
+                encoding=self.encoding,
             )
-            # Without the last newline; a slice of the buffer (librdkafka copies it).
-            value = values.slice(int(offsets[start]), int(offsets[end] - offsets[start]) - 1)
-            self._produce(producer, topic, key, value, headers.encode(), delivered)
-            first_record += end - start
+            self._produce(producer, topic, key, value, headers.encode(), delivered)  # librdkafka copies the value
+            first_record += count
             if failures:
                 break
         self._wait_for_deliveries(producer, topic)
@@ -353,22 +367,41 @@ class KafkaSink(StateMarkedSink):
         """The table's topic read from its beginning as a pandas DataFrame: the records a downstream
         ``kafka_input`` would hand on (channel messages sent twice dropped as it drops them), for tests and the
         command line."""
-        lines = self.read_lines(table)
-        data = b"\n".join(lines) + b"\n" if lines else b""
         schema = self._schemas.get(table) or (
             arrow_schema(self.columns[table] or {}) if self.columns.get(table) else None
         )
-        if not data:
+        tables = []
+        for piece in self._read_pieces(table):
+            if isinstance(piece, pa.Table):
+                tables.append(conform(piece, schema).table if schema is not None else piece)
+                continue
+            options = (
+                pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore") if schema else None
+            )
+            try:
+                tables.append(pa_json.read_json(io.BytesIO(b"\n".join(piece) + b"\n"), parse_options=options))
+            except pa.ArrowInvalid as exc:
+                raise SinkError(f"Kafka sink: cannot read topic {self.topic(table)}: {exc}") from None
+        if not tables:
             return (schema or pa.schema([])).empty_table().to_pandas()
-        options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore") if schema else None
-        try:
-            return pa_json.read_json(io.BytesIO(data), parse_options=options).to_pandas()
-        except pa.ArrowInvalid as exc:
-            raise SinkError(f"Kafka sink: cannot read topic {self.topic(table)}: {exc}") from None
+        return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
     def read_lines(self, table: str, timeout_seconds: float = 30.0) -> list[bytes]:
         """The values of the table's topic from its beginning to its current end, channel messages split into
-        their records and resent records dropped."""
+        their records (Arrow rows written as JSON lines) and resent records dropped."""
+        lines: list[bytes] = []
+        for piece in self._read_pieces(table, timeout_seconds):
+            if isinstance(piece, pa.Table):
+                lines += [
+                    values[int(offsets[i]) : int(offsets[i + 1]) - 1].to_pybytes()
+                    for values, offsets in json_line_pieces(piece, self._json_db())
+                    for i in range(len(offsets) - 1)
+                ]
+            else:
+                lines += piece
+        return lines
+
+    def _read_pieces(self, table: str, timeout_seconds: float = 30.0) -> list[list[bytes] | pa.Table]:
         topic = self.topic(table)
         consumer = Consumer(
             {
@@ -396,14 +429,15 @@ class KafkaSink(StateMarkedSink):
             self._producer.flush(5)
 
 
-def _read_topic(consumer: Consumer, topic: str, timeout_seconds: float) -> list[bytes]:
+def _read_topic(consumer: Consumer, topic: str, timeout_seconds: float) -> list[list[bytes] | pa.Table]:
+    """The records of the topic in order, as a reader would keep them: lists of lines and Arrow tables."""
     metadata = consumer.list_topics(topic, timeout=METADATA_TIMEOUT_SECONDS).topics.get(topic)
     if metadata is None or metadata.error is not None or not metadata.partitions:
         return []
     consumer.assign([TopicPartition(topic, p, 0) for p in sorted(metadata.partitions)])
     open_partitions = set(metadata.partitions)
     progress = WriterProgress()
-    lines: list[bytes] = []
+    pieces: list[list[bytes] | pa.Table] = []
     deadline = time.monotonic() + timeout_seconds
     while open_partitions and time.monotonic() < deadline:
         message = consumer.poll(0.5)
@@ -422,13 +456,22 @@ def _read_topic(consumer: Consumer, topic: str, timeout_seconds: float) -> list[
             headers = ChannelHeaders.decode(message.headers())
         except MalformedHeaders:
             headers = None
+        if headers is not None and headers.encoding == ARROW:
+            kept = progress.keep(headers)
+            if kept.count:
+                pieces.append(kept.take(read_arrow_message(value)))
+            continue
+        if not pieces or isinstance(pieces[-1], pa.Table):
+            pieces.append([])
+        lines = pieces[-1]
+        assert isinstance(lines, list)
         if headers is None:
             lines.append(value)
             continue
         kept = progress.keep(headers)
         if kept.count:
             lines += kept.select(value, headers.records).split(b"\n")
-    return lines
+    return [piece for piece in pieces if len(piece)]
 
 
 #: A record as one JSON line (``{}``: the relation's alias); DuckDB writes them in the rows' order.
@@ -479,12 +522,66 @@ def message_bounds(offsets: np.ndarray, max_bytes: int) -> list[tuple[int, int]]
     return bounds
 
 
+def json_messages(pieces: list[tuple[pa.Buffer, np.ndarray]], max_bytes: int) -> list[tuple[pa.Buffer, int]]:
+    """JSON lines (``pieces`` of bytes and the offsets of each record in them, in order) cut into message values of
+    at most ``max_bytes`` (without the last newline; slices of the pieces, no copy) and their record counts."""
+    return [
+        (values.slice(int(offsets[start]), int(offsets[end] - offsets[start]) - 1), end - start)
+        for values, offsets in pieces
+        for start, end in message_bounds(offsets, max_bytes)
+    ]
+
+
+def arrow_messages(rows: pa.Table, max_bytes: int) -> list[tuple[pa.Buffer, int]]:
+    """``rows`` cut into message values of at most ``max_bytes`` (one larger record travels alone), each a whole
+    Arrow IPC stream, and their record counts. A message's size is estimated from its rows (:func:`_row_bytes`)
+    plus the stream's own bytes (schema, message headers, padding)."""
+    overhead = _ipc_stream(rows.slice(0, 1)).size + 8 * (3 * rows.num_columns + 2)  # with a row: safe side
+    sizes = np.zeros(rows.num_rows + 1, dtype=np.int64)
+    sizes[1:] = np.cumsum(_row_bytes(rows))
+    sizes += np.arange(rows.num_rows + 1)  # message_bounds takes one byte per record off, for a newline
+    return [
+        (_ipc_stream(rows.slice(start, end - start)), end - start)
+        for start, end in message_bounds(sizes, max(1, max_bytes - overhead))
+    ]
+
+
+def _row_bytes(rows: pa.Table) -> np.ndarray:
+    """Bytes of each row in Arrow buffers, at least: fixed widths, strings and binaries with their offsets, the
+    mean of other columns; one more per column for validity bits."""
+    sizes = np.full(rows.num_rows, rows.num_columns, dtype=np.int64)
+    for column in rows.columns:
+        kind = column.type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind):
+            lengths = pc.fill_null(pc.binary_length(column), 0).to_numpy(zero_copy_only=False)
+            sizes += lengths.astype(np.int64) + (8 if pa.types.is_large_string(kind) else 4)
+            continue
+        try:
+            sizes += max(1, kind.bit_width // 8)
+        except ValueError:  # not fixed-width (nested, large binary...): the column's mean
+            sizes += -(-column.nbytes // max(1, rows.num_rows))
+    return sizes
+
+
+def _ipc_stream(rows: pa.Table) -> pa.Buffer:
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, rows.schema) as writer:
+        writer.write_table(rows)
+    return sink.getvalue()
+
+
+def read_arrow_message(value: bytes) -> pa.Table:
+    """The rows of a channel message in the Arrow encoding (one IPC stream)."""
+    return ipc.open_stream(value).read_all()
+
+
 def open_kafka_sink(pipeline: Pipeline, clients: ConnectionClients, settings: dict[str, Any]) -> KafkaSink:
     """The kafka sink of ``pipeline`` from its sink settings, with the connection's librdkafka settings and the
     connectors' state databases as marks."""
     try:
         max_message_bytes = int(settings.get("max_message_bytes") or DEFAULT_MAX_MESSAGE_BYTES)
         partitions = int(settings.get("partitions") or 1)
+        encoding = str(settings.get("encoding") or DEFAULT_ENCODING)
     except (TypeError, ValueError) as exc:
         raise SinkError(f"pipeline {pipeline.name}: kafka sink settings: {exc}") from None
     try:
@@ -501,4 +598,5 @@ def open_kafka_sink(pipeline: Pipeline, clients: ConnectionClients, settings: di
         pipeline=pipeline.name,
         max_message_bytes=max_message_bytes,
         partitions=partitions,
+        encoding=encoding,
     )

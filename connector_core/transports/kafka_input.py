@@ -14,8 +14,11 @@ A batch is up to ``max_records`` messages or ``chunk_size`` bytes of values (one
 bound; messages fetched beyond it are sought back and read by the next batch), or what arrived within
 ``poll_timeout_seconds``, or less when every partition is at its end (a channel message counts as the records it
 holds). ``data`` is the message values, one per line (a newline inside a JSON value is turned into a space; a CSV
-record must hold none); a channel message is JSON lines and is handed on as its lines. Formats read whole (parquet,
-a JSON array) are refused. Messages without channel headers are handed on as they are. ``buffered_records`` is the lag: high watermark − next offset, summed.
+record must hold none); a channel message of JSON lines is handed on as its lines. A channel message in the Arrow
+encoding (one IPC stream) is decoded, and a batch of such messages is handed on as one Arrow table (cast to the
+table's columns by the ingest step, as any Arrow input): a batch holds messages of one kind only (lines, or Arrow
+with one schema) and ends before a message of another kind. Formats read whole (parquet, a JSON array) are refused.
+Messages without channel headers are handed on as they are. ``buffered_records`` is the lag: high watermark − next offset, summed.
 End of input only with ``enable.partition.eof: true`` and every partition at its end (its partition EOF, or its
 next offset at the high watermark of the broker's last fetch answer: the same moment, one held fetch sooner).
 """
@@ -26,9 +29,11 @@ import logging
 import time
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.ipc as ipc
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from connector_core.channel import ChannelHeaders, MalformedHeaders, WriterProgress
+from connector_core.channel import ARROW, JSON, ChannelHeaders, Kept, MalformedHeaders, WriterProgress
 from connector_core.formats import framing_of
 from connector_core.transports.base import ReadResult, TransportContext, TransportError
 from connector_core.transports.configs import KafkaInputConfig
@@ -145,12 +150,15 @@ class KafkaReader:
             self._commit_to_group(stored)
         self._forget_stale_ends()
         values: list[bytes] = []
+        tables: list[pa.Table] = []
+        kind: Any = None  #: of the batch's records: ``None`` (none yet), "lines", or the Arrow schema
         errors: list[str] = []
         size = 0
         records = 0
         deadline = time.monotonic() + self._config.poll_timeout_seconds
         first = True
-        while records < max_records and size < self._config.chunk_size:
+        full = False  #: a message of another kind ends the batch
+        while records < max_records and size < self._config.chunk_size and not full:
             # At every partition's end: only take what is queued already (no wait), then stop.
             at_end = self._all_at_end()
             remaining = deadline - time.monotonic()
@@ -186,28 +194,44 @@ class KafkaReader:
                     else:
                         errors.append(error.str())
                     continue
+                value = message.value()
+                headers = self._headers(message, value, errors)
+                rows = self._arrow_rows(message, value, headers) if headers is not None else None
+                this_kind = rows.schema if rows is not None else "lines"
+                if value is not None and kind is not None and this_kind != kind:  # it starts the next batch
+                    self._give_back(messages[index:])
+                    full = True
+                    break
                 self._next[partition] = message.offset() + 1
                 self._at_end.discard(partition)
                 touched.add(partition)
-                value = message.value()
                 if value is None:  # a tombstone carries no record
                     continue
-                channel = self._channel_records(message, value, errors)
-                if channel is not None:
-                    value, count = channel
-                    if not count:
+                if headers is not None:
+                    kept = self._keep(headers)
+                    if not kept.count:
                         continue
+                    count = kept.count
+                    if rows is not None:
+                        tables.append(kept.take(rows))
+                    else:
+                        values.append(kept.select(value, headers.records))
                 else:
                     count = 1
                     if self._newlines_to_spaces and b"\n" in value:
                         value = value.replace(b"\r\n", b" ").replace(b"\n", b" ")
-                values.append(value)
+                    values.append(value)
+                kind = this_kind  # of the records handed on (a message dropped whole sets none)
                 size += len(value)
                 records += count
             self._note_ends(touched)
         self._handed_out = self._position()
-        values.append(b"")  # a newline after the last value too, in the same copy
-        data = b"\n".join(values) if len(values) > 1 else None
+        data: bytes | pa.Table | None = None
+        if tables:
+            data = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        elif values:
+            values.append(b"")  # a newline after the last value too, in the same copy
+            data = b"\n".join(values)
         return ReadResult(
             data=data,
             position=self._handed_out,
@@ -235,25 +259,47 @@ class KafkaReader:
             position["holes"] = {w: [list(r) for r in h] for w, h in sorted(self._writers.holes.items())}
         return position
 
-    def _channel_records(self, message: Any, value: bytes, errors: list[str]) -> tuple[bytes, int] | None:
-        """A channel message's records not handed on before (its lines, the resent ones dropped) and their count;
-        ``None`` for a message without channel headers (or with unreadable ones: reported, handed on whole)."""
+    def _headers(self, message: Any, value: bytes | None, errors: list[str]) -> ChannelHeaders | None:
+        """A message's channel headers; ``None`` for a message without them, or with unreadable ones (reported:
+        the message is handed on whole, unchecked) or without a value."""
+        if value is None:
+            return None
         try:
-            headers = ChannelHeaders.decode(message.headers())
+            return ChannelHeaders.decode(message.headers())
         except MalformedHeaders as exc:
             errors.append(f"{self._topic}[{message.partition()}]@{message.offset()}: {exc}; handed on unchecked")
             return None
-        if headers is None:
+
+    def _arrow_rows(self, message: Any, value: bytes | None, headers: ChannelHeaders) -> pa.Table | None:
+        """The rows of a channel message in the Arrow encoding (``None`` for JSON lines). A message that is not
+        what its headers say stops the connector: handing it on would lose or garble records."""
+        where = f"{self._topic}[{message.partition()}]@{message.offset()}"
+        if headers.encoding == JSON or value is None:
             return None
+        if headers.encoding != ARROW:
+            raise TransportError(
+                f"kafka_input: {where}: channel message of writer {headers.writer} in encoding "
+                f"{headers.encoding!r}, which this reader cannot read (known: {ARROW}, {JSON})"
+            )
+        try:
+            rows = ipc.open_stream(value).read_all()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise TransportError(f"kafka_input: {where}: not an Arrow IPC stream: {exc}") from None
+        if rows.num_rows != headers.records:
+            raise TransportError(
+                f"kafka_input: {where}: {rows.num_rows} rows where its headers say {headers.records} records"
+            )
+        return rows
+
+    def _keep(self, headers: ChannelHeaders) -> Kept:
+        """Which records of a channel message to hand on (those not handed on before); logs a hole."""
         kept = self._writers.keep(headers)
         if kept.gap is not None:
             self._log(
                 f"kafka_input {self._topic}: records {kept.gap[0]} to {kept.gap[1] - 1} of writer {headers.writer} "
                 "have not arrived yet; kept as a hole that a resend fills"
             )
-        if not kept.count:
-            return b"", 0
-        return kept.select(value, headers.records), kept.count
+        return kept
 
     def _open_consumer(self) -> Consumer:
         if self._consumer is None:
