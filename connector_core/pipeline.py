@@ -10,7 +10,7 @@ from typing import Any
 
 from connector_core.hints import connector_start_command, status_way_out, with_way_out
 from connector_core.project import ConnectorSpec, PipelineSpec, PostgresStateSpec, Project, connector_labels
-from connector_core.secrets import Redactor, mask_secrets, resolved_secrets
+from connector_core.secrets import Redactor, SecretNotSetError, mask_secrets, resolved_secrets
 from connector_core.state import (
     ConnectorSnapshot,
     ConnectorState,
@@ -32,7 +32,13 @@ def open_store(
         from connector_core.state_postgres import PostgresStateStore
 
         connection = project.pipeline(name).connections[spec.connection]
-        return PostgresStateStore(connection.dsn.resolve(), spec.db_schema, redact=redact)  # type: ignore[union-attr]
+        try:
+            dsn = connection.dsn.resolve()  # type: ignore[union-attr]
+        except SecretNotSetError as exc:
+            raise StateError(
+                f"pipeline {name} keeps its state in PostgreSQL through connection {spec.connection}: {exc}"
+            ) from None
+        return PostgresStateStore(dsn, spec.db_schema, redact=redact)
     return SQLiteStateStore(project.resolve_state_dir(state_dir), redact=redact)
 
 

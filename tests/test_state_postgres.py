@@ -233,3 +233,14 @@ def test_no_secret_lands_in_the_postgres_state(
         )
     assert "could not reach" in stored, "the message was stored (its secret masked)"
     assert sentinel not in stored, "no secret in any table of the PostgreSQL state"
+
+
+def test_an_unset_state_dsn_is_a_state_error_naming_the_variable(
+    tmp_path: Path, postgres_state: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = project(tmp_path, 1)
+    monkeypatch.delenv(STATE_DSN_ENV)
+    with pytest.raises(
+        StateError, match=f"through connection state_db: environment variable {STATE_DSN_ENV} is not set"
+    ):
+        Pipeline(loaded, "p")
