@@ -40,11 +40,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize the tests that use ``instance`` by storage (ids ``dagster-default``, ``dagster-postgres``), unless
-    only the default one is asked for."""
+    only the default one is asked for; ``daemon_storage`` (the storage name, for a test that writes its own
+    ``dagster.yaml``) always."""
     storages = DAGSTER_STORAGES[metafunc.config.getoption("dagster_storage")]
+    ids = [f"dagster-{storage}" for storage in storages]
     if "instance" in metafunc.fixturenames and storages != ["default"]:
-        ids = [f"dagster-{storage}" for storage in storages]
         metafunc.parametrize("instance", storages, indirect=True, scope="module", ids=ids)
+    if "daemon_storage" in metafunc.fixturenames:  # a test that starts its own daemon and instance
+        metafunc.parametrize("daemon_storage", storages, ids=ids)
 
 
 @pytest.fixture(scope="session")

@@ -85,3 +85,28 @@ def test_the_component_is_registered_for_dg() -> None:
     (entry,) = [e for e in entry_points(group="dagster_dg_cli.registry_modules") if e.name == "dagster_connectors"]
     assert entry.value == "connector_assets.component_registry"
     assert importlib.import_module(entry.value).ConnectorsComponent is ConnectorsComponent
+
+
+def test_the_components_jobs_and_assets_run_on_the_test_instance(instance: dg.DagsterInstance) -> None:
+    with create_defs_folder_sandbox() as sandbox:
+        folder = sandbox.defs_folder_path / "orders"
+        folder.mkdir()
+        (folder / "connectors.yaml").write_text(textwrap.dedent(PROJECT))
+        (folder / "defs.yaml").write_text(
+            yaml.safe_dump(
+                {"type": "connector_assets.ConnectorsComponent", "attributes": {"project_file": "connectors.yaml"}}
+            )
+        )
+        with sandbox.load_component_and_build_defs(defs_path=folder) as (_, defs):
+            setup = defs.resolve_job_def("orders__setup").execute_in_process(
+                instance=instance, run_config={"ops": {"orders__setup_op": {"config": {"confirm_prerequisites": True}}}}
+            )
+            assert setup.success
+            key = dg.AssetKey(["orders", "lines"])
+            result = dg.materialize(
+                [defs.get_assets_def(key)], resources=defs.resources, instance=instance, selection=[key]
+            )
+            assert result.success
+            (materialization,) = result.asset_materializations_for_node("orders__tables")
+            assert materialization.metadata["dagster/row_count"].value == 3
+        assert instance.get_latest_materialization_event(key) is not None, "stored in the instance's event log"

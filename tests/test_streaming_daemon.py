@@ -4,6 +4,7 @@ its step with a signal) commits the batch in progress, materializes what it comm
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -19,6 +20,7 @@ import duckdb
 import pytest
 from dagster._core.scheduler.instigation import TickStatus
 from dagster_helpers import lifecycle, opened_pipeline
+from fixtures_services import dagster_storage_url, fresh_database
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT = """
@@ -119,15 +121,19 @@ class Daemon:
 
 
 @pytest.fixture
-def daemon(project_file: Path) -> Iterator[dg.DagsterInstance]:
-    """A started :class:`Daemon` on the module's project; yields its instance."""
-    process = Daemon(project_file)
-    try:
-        with dg.DagsterInstance.from_config(str(process.home)) as instance:
-            process.start()  # after the instance made its storage: both making it at once fails one of them
-            yield instance
-    finally:
-        process.stop()
+def daemon(project_file: Path, daemon_storage: str) -> Iterator[dg.DagsterInstance]:
+    """A started :class:`Daemon` on the module's project, its instance stored in a temporary folder or (with
+    ``--dagster-storage`` postgres or both) in a fresh PostgreSQL database; yields its instance."""
+    with contextlib.ExitStack() as stack:
+        dagster_yaml = "telemetry: {enabled: false}\n"
+        if daemon_storage == "postgres":
+            url = dagster_storage_url(stack.enter_context(fresh_database("dagster_daemon")))
+            dagster_yaml += f"storage:\n  postgres:\n    postgres_url: {url}\n"
+        process = Daemon(project_file, dagster_yaml)
+        stack.callback(process.stop)
+        instance = stack.enter_context(dg.DagsterInstance.from_config(str(process.home)))
+        process.start()  # after the instance made its storage: both making it at once fails one of them
+        yield instance
 
 
 def ingest_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
