@@ -6,6 +6,7 @@ import importlib
 import textwrap
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -37,19 +38,19 @@ def names(defs: dg.Definitions) -> dict[str, set[str]]:
     }
 
 
+def orders_folder(sandbox: Any, attributes: dict[str, str]) -> Path:
+    """The sandbox's defs folder ``orders``: the module's ``PROJECT`` and a ``defs.yaml`` of the component."""
+    folder = sandbox.defs_folder_path / "orders"
+    folder.mkdir()
+    (folder / "connectors.yaml").write_text(textwrap.dedent(PROJECT))
+    component = {"type": "connector_assets.ConnectorsComponent", "attributes": attributes}
+    (folder / "defs.yaml").write_text(yaml.safe_dump(component))
+    return folder
+
+
 def test_a_defs_yaml_loads_the_same_definitions_as_the_python_api(tmp_path: Path) -> None:
     with create_defs_folder_sandbox() as sandbox:
-        folder = sandbox.defs_folder_path / "orders"
-        folder.mkdir()
-        (folder / "connectors.yaml").write_text(textwrap.dedent(PROJECT))
-        (folder / "defs.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "type": "connector_assets.ConnectorsComponent",
-                    "attributes": {"project_file": "connectors.yaml", "state_dir": "state"},
-                }
-            )
-        )
+        folder = orders_folder(sandbox, {"project_file": "connectors.yaml", "state_dir": "state"})
         with sandbox.load_component_and_build_defs(defs_path=folder) as (component, defs):
             assert isinstance(component, ConnectorsComponent)
             dg.Definitions.validate_loadable(defs)
@@ -89,14 +90,7 @@ def test_the_component_is_registered_for_dg() -> None:
 
 def test_the_components_jobs_and_assets_run_on_the_test_instance(instance: dg.DagsterInstance) -> None:
     with create_defs_folder_sandbox() as sandbox:
-        folder = sandbox.defs_folder_path / "orders"
-        folder.mkdir()
-        (folder / "connectors.yaml").write_text(textwrap.dedent(PROJECT))
-        (folder / "defs.yaml").write_text(
-            yaml.safe_dump(
-                {"type": "connector_assets.ConnectorsComponent", "attributes": {"project_file": "connectors.yaml"}}
-            )
-        )
+        folder = orders_folder(sandbox, {"project_file": "connectors.yaml"})
         with sandbox.load_component_and_build_defs(defs_path=folder) as (_, defs):
             setup = defs.resolve_job_def("orders__setup").execute_in_process(
                 instance=instance, run_config={"ops": {"orders__setup_op": {"config": {"confirm_prerequisites": True}}}}
