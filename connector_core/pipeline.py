@@ -144,6 +144,8 @@ class Pipeline:
     def redactor(self) -> Redactor:
         """Removes the pipeline's secrets from a text: the value of every ``{env: NAME}`` of its spec and of its
         stored settings (read when first needed), in every form a driver may quote it."""
+        if getattr(self, "state", None) is None:  # the state is being opened: its stored settings are not known yet
+            return Redactor(resolved_secrets([self.spec.model_dump(by_alias=True)]))
         if self._redactor is None:
             stored = self.state.config() if self.state.exists else {}
             self._redactor = Redactor(resolved_secrets([self.spec.model_dump(by_alias=True), stored]))

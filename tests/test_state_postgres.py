@@ -244,3 +244,13 @@ def test_an_unset_state_dsn_is_a_state_error_naming_the_variable(
         StateError, match=f"through connection state_db: environment variable {STATE_DSN_ENV} is not set"
     ):
         Pipeline(loaded, "p")
+
+
+def test_an_unreachable_state_server_is_a_state_error_without_the_password(
+    tmp_path: Path, postgres_state: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = project(tmp_path, 1)
+    monkeypatch.setenv(STATE_DSN_ENV, "postgresql://postgres:Sentinel-Unreachable-9@127.0.0.1:1/postgres")
+    with pytest.raises(StateError, match="cannot connect to the PostgreSQL state") as raised:
+        Pipeline(loaded, "p")
+    assert "Sentinel-Unreachable-9" not in str(raised.value)
